@@ -1,0 +1,34 @@
+# Set-up and entry points. Everything a fresh machine needs is installed here.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test lint clean down
+
+$(STAMP): pyproject.toml
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# torch first: 2.13.0 is the CPU wheel on these machines; any other pulls GBs of CUDA packages
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/rayline run pipelines/digits.yaml
+
+test: $(STAMP)
+	$(BIN)/ruff check platform tests bench
+	$(BIN)/python -m pytest -q --durations=15
+
+lint: $(STAMP)
+	$(BIN)/ruff check platform tests bench
+
+down: $(STAMP)
+	$(BIN)/rayline down
+
+clean:
+	-$(BIN)/rayline down
+	rm -rf $(VENV) .rayline

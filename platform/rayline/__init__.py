@@ -1,0 +1,80 @@
+"""rayline: one YAML spec from Ray Data through Ray Train to the MLflow registry.
+
+The small public SDK::
+
+    import rayline
+    result = rayline.run("pipelines/digits.yaml", overrides={"train.epochs": 3})
+    result.metrics["test_accuracy"], result.model_uri, result.run_id
+"""
+
+from __future__ import annotations
+
+import os
+
+# Token auth stays on: Ray reads the mode when it is first imported, and a driver only sends
+# ~/.ray/auth_token in token mode. Set RAY_AUTH_MODE=disabled yourself for a cluster without auth.
+os.environ.setdefault("RAY_AUTH_MODE", "token")
+
+from pathlib import Path
+
+from rayline.cluster import DEFAULT_STATE_DIR, Platform, connect
+from rayline.cluster import down as _down
+from rayline.cluster import status as _status
+from rayline.cluster import up as _up
+from rayline.errors import RaylineError, SpecError
+from rayline.pipeline import PipelineResult, Progress
+from rayline.pipeline import run as _run_pipeline
+from rayline.spec import Overrides, PipelineSpec, load_spec
+from rayline.tracking import PromotionDecision
+
+__version__ = "0.1.0"
+
+
+def run(
+    spec: str | Path | PipelineSpec,
+    overrides: Overrides = None,
+    *,
+    ray_address: str | None = None,
+    tracking_uri: str | None = None,
+    storage_uri: str | None = None,
+    state_dir: str | Path = DEFAULT_STATE_DIR,
+    progress: Progress | None = None,
+) -> PipelineResult:
+    """Run a pipeline spec end to end and return its result.
+
+    With no addresses (arguments or ``RAY_ADDRESS`` / ``MLFLOW_TRACKING_URI``), the embedded local
+    platform in ``state_dir`` is started or reused.
+    """
+    loaded = spec if isinstance(spec, PipelineSpec) else load_spec(spec, overrides)
+    platform = connect(ray_address, tracking_uri, storage_uri, state_dir)
+    return _run_pipeline(loaded, platform, progress or (lambda stage, message: None))
+
+
+def up(state_dir: str | Path = DEFAULT_STATE_DIR, num_cpus: int | None = None) -> Platform:
+    """Start (or reuse) the embedded local platform: Ray head + MLflow server on 127.0.0.1."""
+    return _up(state_dir, num_cpus)
+
+
+def down(state_dir: str | Path = DEFAULT_STATE_DIR) -> bool:
+    """Stop the embedded platform; False if none was running."""
+    return _down(state_dir)
+
+
+def status(state_dir: str | Path = DEFAULT_STATE_DIR) -> dict[str, object]:
+    """Addresses and liveness of the embedded platform."""
+    return _status(state_dir)
+
+
+__all__ = [
+    "PipelineResult",
+    "PipelineSpec",
+    "Platform",
+    "PromotionDecision",
+    "RaylineError",
+    "SpecError",
+    "down",
+    "load_spec",
+    "run",
+    "status",
+    "up",
+]

@@ -1,0 +1,5 @@
+"""The ``rayline`` command line."""
+
+from rayline.cli.app import app, main
+
+__all__ = ["app", "main"]

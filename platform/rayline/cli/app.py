@@ -1,0 +1,91 @@
+"""The ``rayline`` command: a typer app over the SDK."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+import rayline
+from rayline.cluster import DEFAULT_STATE_DIR
+from rayline.errors import RaylineError, SpecError
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help="Ray Data → Ray Train → MLflow, from one spec.")
+
+StateDir = Annotated[Path, typer.Option("--state-dir", envvar="RAYLINE_STATE_DIR",
+                                        help="where the embedded platform keeps its state")]
+
+
+def _stage(stage: str, message: str) -> None:
+    typer.echo(f"[{stage}] {message}", err=False)
+
+
+def _fail(err: Exception, code: int) -> typer.Exit:
+    typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
+    return typer.Exit(code)
+
+
+@app.command()
+def run(
+    spec: Annotated[Path, typer.Argument(help="pipeline spec (YAML)")],
+    overrides: Annotated[list[str] | None, typer.Option("--set", help="override a field: a.b=value")] = None,
+    ray_address: Annotated[str | None, typer.Option(envvar="RAY_ADDRESS", help="existing Ray cluster")] = None,
+    tracking_uri: Annotated[str | None, typer.Option(envvar="MLFLOW_TRACKING_URI",
+                                                     help="existing MLflow server")] = None,
+    storage: Annotated[str | None, typer.Option(envvar="RAYLINE_STORAGE",
+                                                help="checkpoint/data storage URI shared by all nodes")] = None,
+    state_dir: StateDir = Path(DEFAULT_STATE_DIR),
+) -> None:
+    """Run a pipeline: data → train → evaluate → register."""
+    try:
+        loaded = rayline.load_spec(spec, overrides or [])
+        _stage("spec", f"{spec}: pipeline {loaded.name!r}, model {loaded.model.name}")
+        result = rayline.run(loaded, ray_address=ray_address, tracking_uri=tracking_uri, storage_uri=storage,
+                             state_dir=state_dir, progress=_stage)
+    except SpecError as err:
+        raise _fail(err, 2) from None
+    except RaylineError as err:
+        raise _fail(err, 1) from None
+    typer.echo("")
+    typer.secho(f"pipeline {loaded.name} finished in {result.wall_s:.1f} s", bold=True)
+    for key, value in result.metrics.items():
+        typer.echo(f"  {key:<14} {value:.4f}")
+    typer.echo(f"  run id         {result.run_id}")
+    typer.echo(f"  model          {result.model_uri}  (version {result.model_version})")
+    typer.echo(f"  promotion      {'PROMOTED' if result.promotion.promoted else 'kept'}: {result.promotion.reason}")
+    typer.echo(f"  MLflow UI      {result.run_url}")
+
+
+@app.command()
+def up(
+    state_dir: StateDir = Path(DEFAULT_STATE_DIR),
+    num_cpus: Annotated[int | None, typer.Option(help="logical CPUs Ray offers (default: max(4, cores))")] = None,
+) -> None:
+    """Start (or reuse) the embedded local platform: Ray + MLflow on 127.0.0.1."""
+    platform = rayline.up(state_dir, num_cpus)
+    typer.echo(f"ray        {platform.ray_address}  (dashboard {platform.dashboard_url})")
+    typer.echo(f"mlflow     {platform.tracking_uri}")
+    typer.echo(f"storage    {platform.storage_uri}")
+
+
+@app.command()
+def status(state_dir: StateDir = Path(DEFAULT_STATE_DIR)) -> None:
+    """Show the embedded platform's addresses and health (exit 1 if it is not running)."""
+    info = rayline.status(state_dir)
+    typer.echo(json.dumps(info, indent=2))
+    if not info["running"]:
+        raise typer.Exit(1)
+
+
+@app.command()
+def down(state_dir: StateDir = Path(DEFAULT_STATE_DIR)) -> None:
+    """Stop the embedded platform started from the state directory."""
+    stopped = rayline.down(state_dir)
+    typer.echo("stopped" if stopped else "nothing was running")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

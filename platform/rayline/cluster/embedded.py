@@ -1,0 +1,179 @@
+"""The embedded platform: a local Ray head and a local MLflow tracking server, both on 127.0.0.1.
+
+State lives in a directory (default ``.rayline/``): ``platform.json`` (addresses, ports, pids), the MLflow
+sqlite database and artifact store, and ``storage/`` for Train checkpoints and generated data.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import psutil
+
+from rayline.cluster.processes import (
+    free_port,
+    http_ok,
+    port_open,
+    stop_process_group,
+    wait_until,
+)
+
+HOST = "127.0.0.1"
+STATE_FILE = "platform.json"
+MLFLOW_START_DEADLINE_S = 180.0
+RAY_START_DEADLINE_S = 120.0
+
+
+@dataclass
+class EmbeddedState:
+    """What ``rayline up`` started; written to ``<state_dir>/platform.json``."""
+
+    ray_port: int
+    dashboard_port: int
+    mlflow_port: int
+    mlflow_pid: int
+    ray_group: int
+    num_cpus: int
+    state_dir: str
+
+    @property
+    def ray_address(self) -> str:
+        return f"{HOST}:{self.ray_port}"
+
+    @property
+    def dashboard_url(self) -> str:
+        return f"http://{HOST}:{self.dashboard_port}"
+
+    @property
+    def tracking_uri(self) -> str:
+        return f"http://{HOST}:{self.mlflow_port}"
+
+    @property
+    def storage_uri(self) -> str:
+        return str(Path(self.state_dir) / "storage")
+
+    def ray_alive(self) -> bool:
+        return port_open(HOST, self.ray_port) and http_ok(f"{self.dashboard_url}/api/gcs_healthz")
+
+    def mlflow_alive(self) -> bool:
+        return psutil.pid_exists(self.mlflow_pid) and http_ok(f"{self.tracking_uri}/health")
+
+
+def _bin(name: str) -> str:
+    """A console script of this environment (ray, mlflow), falling back to PATH."""
+    local = Path(sys.executable).parent / name
+    return str(local) if local.exists() else (shutil.which(name) or name)
+
+
+def _default_cpus() -> int:
+    # Ray Data tasks need CPUs while Train workers hold theirs: on small machines offer at least 4 logical CPUs.
+    return max(4, os.cpu_count() or 1)
+
+
+@contextmanager
+def _locked(state_dir: Path) -> Iterator[None]:
+    state_dir.mkdir(parents=True, exist_ok=True)
+    with open(state_dir / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def read_state(state_dir: str | Path) -> EmbeddedState | None:
+    """The recorded state, or None if nothing was started from this directory."""
+    file = Path(state_dir) / STATE_FILE
+    if not file.is_file():
+        return None
+    return EmbeddedState(**json.loads(file.read_text()))
+
+
+def _start_ray(state_dir: Path, num_cpus: int) -> tuple[int, int, int]:
+    ray_port, dashboard_port = free_port(), free_port()
+    extra_ports = {flag: free_port() for flag in (
+        "--ray-client-server-port", "--dashboard-agent-listen-port", "--dashboard-agent-grpc-port",
+        "--runtime-env-agent-port", "--metrics-export-port")}
+    command = [
+        _bin("ray"), "start", "--head", f"--port={ray_port}", f"--node-ip-address={HOST}",
+        "--include-dashboard=true", f"--dashboard-host={HOST}", f"--dashboard-port={dashboard_port}",
+        f"--num-cpus={num_cpus}", "--disable-usage-stats",
+        *(f"{flag}={port}" for flag, port in extra_ports.items()),
+    ]
+    env = {**os.environ, "RAY_AUTH_MODE": "token"}
+    with open(state_dir / "ray-start.log", "w") as log:
+        # A session of its own: every Ray process it spawns shares its process group, which `down` stops.
+        starter = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        returncode = starter.wait(timeout=RAY_START_DEADLINE_S)
+    if returncode != 0:
+        raise RuntimeError(f"`ray start` failed; see {state_dir / 'ray-start.log'}")
+    wait_until(lambda: http_ok(f"http://{HOST}:{dashboard_port}/api/gcs_healthz"), RAY_START_DEADLINE_S,
+               "Ray dashboard", lambda: f"See {state_dir / 'ray-start.log'}.")
+    return ray_port, dashboard_port, starter.pid
+
+
+def _start_mlflow(state_dir: Path) -> tuple[int, int]:
+    port = free_port()
+    artifacts = state_dir / "mlartifacts"
+    artifacts.mkdir(parents=True, exist_ok=True)
+    command = [
+        _bin("mlflow"), "server", "--host", HOST, "--port", str(port), "--workers", "1",
+        "--backend-store-uri", f"sqlite:///{(state_dir / 'mlflow.db').resolve()}",
+        "--artifacts-destination", str(artifacts.resolve()), "--serve-artifacts",
+    ]
+    log = open(state_dir / "mlflow.log", "w")  # noqa: SIM115 - the server outlives this call
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                               start_new_session=True)
+
+    def healthy() -> bool:
+        if process.poll() is not None:
+            raise RuntimeError(f"mlflow server exited with {process.returncode}; see {state_dir / 'mlflow.log'}")
+        return http_ok(f"http://{HOST}:{port}/health")
+
+    wait_until(healthy, MLFLOW_START_DEADLINE_S, "MLflow server", lambda: f"See {state_dir / 'mlflow.log'}.")
+    return port, process.pid
+
+
+def up(state_dir: str | Path = ".rayline", num_cpus: int | None = None) -> EmbeddedState:
+    """Start (or reuse) the local Ray head and MLflow server recorded in ``state_dir``."""
+    directory = Path(state_dir).resolve()
+    with _locked(directory):
+        state = read_state(directory)
+        ray_ok = state is not None and state.ray_alive()
+        mlflow_ok = state is not None and state.mlflow_alive()
+        if state is not None and ray_ok and mlflow_ok:
+            return state
+        if state is not None and ray_ok:
+            ray_port, dashboard_port, ray_group, cpus = (
+                state.ray_port, state.dashboard_port, state.ray_group, state.num_cpus)
+        else:
+            cpus = num_cpus or _default_cpus()
+            ray_port, dashboard_port, ray_group = _start_ray(directory, cpus)
+        mlflow_port, mlflow_pid = (
+            (state.mlflow_port, state.mlflow_pid) if state is not None and mlflow_ok else _start_mlflow(directory)
+        )
+        state = EmbeddedState(ray_port, dashboard_port, mlflow_port, mlflow_pid, ray_group, cpus, str(directory))
+        (directory / STATE_FILE).write_text(json.dumps(asdict(state), indent=1))
+        return state
+
+
+def down(state_dir: str | Path = ".rayline") -> bool:
+    """Stop what ``up`` started from ``state_dir`` (only those processes). False if nothing was recorded."""
+    directory = Path(state_dir).resolve()
+    with _locked(directory):
+        state = read_state(directory)
+        if state is None:
+            return False
+        stop_process_group(state.mlflow_pid, must_contain="mlflow")
+        stop_process_group(state.ray_group, must_contain="ray")
+        (directory / STATE_FILE).unlink()
+        return True

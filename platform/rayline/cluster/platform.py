@@ -1,0 +1,89 @@
+"""Where a pipeline runs: the embedded local platform, or an existing Ray cluster and MLflow server."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import ray
+
+from rayline.cluster import embedded
+
+DEFAULT_STATE_DIR = ".rayline"
+
+
+@dataclass(frozen=True)
+class Platform:
+    """Addresses every stage uses. ``storage_uri`` must be reachable from every node (a shared path or URI)."""
+
+    ray_address: str
+    tracking_uri: str
+    storage_uri: str
+    dashboard_url: str | None = None
+    embedded: bool = False
+
+    def init_ray(self) -> None:
+        """Connect this process to the platform's Ray cluster (idempotent)."""
+        if not ray.is_initialized():
+            ray.init(address=self.ray_address, logging_level="WARNING", log_to_driver=True,
+                     runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}})
+        context = ray.data.DataContext.get_current()
+        context.enable_progress_bars = False
+        context.print_on_execution_start = False
+
+
+def _from_embedded(state: embedded.EmbeddedState) -> Platform:
+    return Platform(state.ray_address, state.tracking_uri, state.storage_uri, state.dashboard_url, embedded=True)
+
+
+def connect(
+    ray_address: str | None = None,
+    tracking_uri: str | None = None,
+    storage_uri: str | None = None,
+    state_dir: str | Path = DEFAULT_STATE_DIR,
+) -> Platform:
+    """Resolve the platform: explicit arguments, then ``RAY_ADDRESS`` / ``MLFLOW_TRACKING_URI`` /
+    ``RAYLINE_STORAGE``, then the embedded platform in ``state_dir`` (started if it is not running)."""
+    ray_address = ray_address or os.environ.get("RAY_ADDRESS")
+    tracking_uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    storage_uri = storage_uri or os.environ.get("RAYLINE_STORAGE")
+    if ray_address and tracking_uri:
+        return Platform(ray_address, tracking_uri, storage_uri or str(Path(state_dir).resolve() / "storage"))
+    local = _from_embedded(embedded.up(state_dir))
+    return Platform(
+        ray_address or local.ray_address,
+        tracking_uri or local.tracking_uri,
+        storage_uri or local.storage_uri,
+        local.dashboard_url if not ray_address else None,
+        embedded=True,
+    )
+
+
+def up(state_dir: str | Path = DEFAULT_STATE_DIR, num_cpus: int | None = None) -> Platform:
+    """Start (or reuse) the embedded local Ray + MLflow server."""
+    return _from_embedded(embedded.up(state_dir, num_cpus))
+
+
+def down(state_dir: str | Path = DEFAULT_STATE_DIR) -> bool:
+    """Stop the embedded platform started from ``state_dir``; False if none was running."""
+    return embedded.down(state_dir)
+
+
+def status(state_dir: str | Path = DEFAULT_STATE_DIR) -> dict[str, object]:
+    """What is running from ``state_dir``: addresses and liveness of Ray and MLflow."""
+    state = embedded.read_state(state_dir)
+    if state is None:
+        return {"running": False, "state_dir": str(Path(state_dir).resolve())}
+    ray_ok, mlflow_ok = state.ray_alive(), state.mlflow_alive()
+    return {
+        "running": ray_ok and mlflow_ok,
+        "state_dir": state.state_dir,
+        "ray_address": state.ray_address,
+        "ray": "up" if ray_ok else "down",
+        "dashboard_url": state.dashboard_url,
+        "tracking_uri": state.tracking_uri,
+        "mlflow": "up" if mlflow_ok else "down",
+        "storage_uri": state.storage_uri,
+        "num_cpus": state.num_cpus,
+    }

@@ -1,0 +1,5 @@
+"""The main job: data → train → evaluate → package → register."""
+
+from rayline.pipeline.run import PipelineResult, Progress, run
+
+__all__ = ["PipelineResult", "Progress", "run"]

@@ -1,0 +1,138 @@
+"""data → train → evaluate → package → register, as one function."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from tempfile import TemporaryDirectory
+
+import mlflow
+import yaml
+
+from rayline import tracking
+from rayline.cluster import Platform, check_placeable
+from rayline.data import PreparedData, prepare
+from rayline.errors import SpecError
+from rayline.models import build_model, resolve_factory
+from rayline.packaged import PYFUNC_ENTRY, PackagedModel
+from rayline.spec import PipelineSpec
+from rayline.train import fit, read_weights
+
+Progress = Callable[[str, str], None]
+RUNTIME_REQUIREMENTS = ("torch", "ray", "mlflow", "pandas", "pyarrow", "safetensors", "pydantic", "numpy")
+
+
+@dataclass
+class PipelineResult:
+    """What a finished pipeline run produced."""
+
+    run_id: str
+    experiment_id: str
+    model_name: str
+    model_version: str
+    metrics: dict[str, float]
+    promotion: tracking.PromotionDecision
+    tracking_uri: str
+    resumed_from_epoch: int | None
+    counts: dict[str, int]
+    wall_s: float
+    train_path: str
+
+    @property
+    def model_uri(self) -> str:
+        """``models:/<name>/<version>``: loadable with ``mlflow.pyfunc.load_model``."""
+        return f"models:/{self.model_name}/{self.model_version}"
+
+    @property
+    def run_url(self) -> str:
+        """The run's page in the MLflow UI."""
+        return f"{self.tracking_uri.rstrip('/')}/#/experiments/{self.experiment_id}/runs/{self.run_id}"
+
+
+def _quiet(stage: str, message: str) -> None:
+    pass
+
+
+def _requirements() -> list[str]:
+    return [f"{name}=={metadata.version(name)}" for name in RUNTIME_REQUIREMENTS]
+
+
+def run(spec: PipelineSpec, platform: Platform, progress: Progress = _quiet) -> PipelineResult:
+    """Run the pipeline on ``platform``. Invalid specs, data or resource requests raise :class:`SpecError`
+    before any worker starts or anything is written to MLflow."""
+    started = time.perf_counter()
+    try:
+        resolve_factory(spec.model.name)
+        platform.init_ray()
+        check_placeable(spec.train.scaling)
+        progress("data", f"reading {spec.data.source}")
+        prepared = prepare(spec, platform.storage_uri)
+        build_model(spec.model, prepared.preprocessor.num_features, prepared.preprocessor.num_outputs)
+    except SpecError as err:
+        err.file = err.file or spec.file
+        raise
+    counts = prepared.counts
+    progress("data", f"{sum(counts.values())} rows: train {counts['train']} / validation {counts['validation']} "
+             f"/ test {counts['test']}; {prepared.preprocessor.num_features} features")
+
+    uri = platform.tracking_uri
+    mlflow.set_tracking_uri(uri)
+    run_id = tracking.start_run(uri, spec.tracking.experiment, f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}",
+                                {"rayline.pipeline": spec.name, "rayline.spec_file": spec.file or ""})
+    try:
+        result = _tracked_run(spec, platform, prepared, run_id, progress)
+    except BaseException:
+        tracking.end_run(uri, run_id, "FAILED")
+        raise
+    tracking.end_run(uri, run_id)
+    result.wall_s = time.perf_counter() - started
+    return result
+
+
+def _tracked_run(
+    spec: PipelineSpec, platform: Platform, prepared: PreparedData, run_id: str, progress: Progress
+) -> PipelineResult:
+    uri = platform.tracking_uri
+    tracking.log_params(uri, run_id, tracking.flatten(spec.model_dump(mode="json")))
+    tracking.log_text(uri, run_id, yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False), "spec.yaml")
+    if spec.file:
+        tracking.log_text(uri, run_id, Path(spec.file).read_text(), f"spec/{Path(spec.file).name}")
+    source = prepared.source
+    tracking.log_dataset(run_id, source.name, source.uri, source.digest, prepared.input_schema)
+    tracking.log_metrics(uri, run_id, {f"rows_{name}": n for name, n in prepared.counts.items()})
+
+    scaling = spec.train.scaling
+    progress("train", f"{scaling.num_workers} worker(s), {'GPU' if scaling.use_gpu else 'CPU'}, "
+             f"{spec.train.epochs} epochs")
+    outcome = fit(spec, prepared, platform.storage_uri, run_name=f"{spec.name}-{run_id[:12]}",
+                  tracking_uri=uri, run_id=run_id)
+    cost = spec.tracking.cost
+    metrics = {**outcome.test_metrics, **tracking.cost_metrics(
+        outcome.wall_s, scaling.num_workers, scaling.resources_per_worker, scaling.use_gpu,
+        cost.cpu_hour, cost.gpu_hour)}
+    tracking.log_metrics(uri, run_id, metrics)
+    progress("train", ", ".join(f"{k}={v:.4f}" for k, v in outcome.test_metrics.items())
+             + f" in {outcome.wall_s:.1f} s")
+
+    progress("package", "logging the model (weights + preprocessor + signature)")
+    with TemporaryDirectory() as tmp:
+        directory = PackagedModel.write(Path(tmp) / "model", read_weights(outcome.checkpoint),
+                                        prepared.preprocessor, spec.model)
+        example = prepared.input_example
+        output = PackagedModel.load(directory).predict(example)
+        model_uri = tracking.log_pyfunc(run_id, PYFUNC_ENTRY, {"model": str(directory)}, example, output,
+                                        code_paths=[Path(__file__).parents[1]], pip_requirements=_requirements())
+    name = spec.tracking.model_name
+    version = tracking.register(uri, model_uri, name)
+    metric, mode = spec.promotion
+    decision = tracking.promote_if_better(uri, name, version, spec.tracking.alias, metric, mode, metrics[metric])
+    progress("register", f"{name} version {version}; {decision.reason}")
+    experiment_id = mlflow.get_run(run_id).info.experiment_id
+    return PipelineResult(
+        run_id=run_id, experiment_id=experiment_id, model_name=name, model_version=version, metrics=metrics,
+        promotion=decision, tracking_uri=uri, resumed_from_epoch=outcome.resumed_from_epoch,
+        counts=prepared.counts, wall_s=0.0, train_path=outcome.path,
+    )

@@ -1,0 +1,48 @@
+"""The YAML contract: pydantic models of every spec and how they are loaded."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rayline.spec.loading import Overrides, apply_overrides, parse_overrides, read_yaml, validate
+from rayline.spec.pipeline import (
+    DataSpec,
+    ModelSpec,
+    PipelineSpec,
+    PreprocessStep,
+    ScalingSpec,
+    TrackingSpec,
+    TrainSpec,
+)
+
+BUNDLED_PREFIXES = ("sklearn:", "palmerpenguins:", "synthetic://")
+
+
+def load_spec(path: str | Path, overrides: Overrides = None) -> PipelineSpec:
+    """Load a pipeline spec from YAML, apply overrides (``{"train.epochs": 3}`` or ``["train.epochs=3"]``).
+
+    A relative ``data.source`` path is resolved against the spec file's directory.
+    Raises :class:`rayline.errors.SpecError` naming the file and the field.
+    """
+    file = str(path)
+    document = apply_overrides(read_yaml(path), parse_overrides(overrides))
+    spec = validate(PipelineSpec, document, file=file)
+    source = spec.data.source
+    if "://" not in source and not source.startswith(BUNDLED_PREFIXES) and not Path(source).is_absolute():
+        spec.data.source = str((Path(path).parent / source).resolve())
+    spec._file = file
+    return spec
+
+
+__all__ = [
+    "BUNDLED_PREFIXES",
+    "DataSpec",
+    "ModelSpec",
+    "Overrides",
+    "PipelineSpec",
+    "PreprocessStep",
+    "ScalingSpec",
+    "TrackingSpec",
+    "TrainSpec",
+    "load_spec",
+]

@@ -1,0 +1,185 @@
+"""Pydantic models of a pipeline spec (``pipelines/*.yaml``): the YAML contract."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
+
+
+class Strict(BaseModel):
+    """Base for every spec section: unknown keys are refused."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class SplitSpec(Strict):
+    """Deterministic split: each row goes to a split by a hash of its content and the seed."""
+
+    validation: float = Field(0.1, ge=0.0, lt=1.0)
+    test: float = Field(0.2, gt=0.0, lt=1.0)
+    seed: int = 42
+
+    @model_validator(mode="after")
+    def _leaves_training_rows(self) -> SplitSpec:
+        if self.validation + self.test >= 1.0:
+            raise ValueError("validation + test must leave a training fraction (sum < 1)")
+        return self
+
+
+class DataSpec(Strict):
+    """Where the rows come from and what to learn from them."""
+
+    source: str = Field(
+        description="CSV/Parquet path or URI, a bundled dataset (sklearn:digits, "
+        "palmerpenguins:penguins) or synthetic://classification?rows=N&features=F&classes=C"
+    )
+    format: Literal["auto", "csv", "parquet"] = "auto"
+    label: str
+    features: list[str] | None = Field(None, description="feature columns; default: all but the label")
+    task: Literal["classification", "regression"]
+    split: SplitSpec = SplitSpec()
+
+
+class _Step(Strict):
+    columns: list[str] = Field(min_length=1, description="feature columns; glob patterns like pixel_* allowed")
+
+
+class StandardScale(_Step):
+    """Subtract the training mean, divide by the training (population) std."""
+
+    type: Literal["standard_scale"]
+
+
+class MinMaxScale(_Step):
+    """Scale to [0, 1] with the training min and max."""
+
+    type: Literal["min_max_scale"]
+
+
+class OneHot(_Step):
+    """One column per category seen in training (unseen categories encode as all zeros)."""
+
+    type: Literal["one_hot"]
+    max_categories: int | None = Field(None, ge=1)
+
+
+class Impute(_Step):
+    """Fill missing values with a statistic of the training split or a constant."""
+
+    type: Literal["impute"]
+    strategy: Literal["mean", "most_frequent", "constant"] = "mean"
+    fill_value: float | str | None = None
+
+    @model_validator(mode="after")
+    def _constant_has_value(self) -> Impute:
+        if self.strategy == "constant" and self.fill_value is None:
+            raise ValueError("strategy 'constant' needs fill_value")
+        return self
+
+
+class Drop(_Step):
+    """Remove sensitive or useless columns before anything else sees them."""
+
+    type: Literal["drop"]
+
+
+class Hash(_Step):
+    """Replace each value by a one-hot of a keyed hash bucket (the raw value never reaches the model)."""
+
+    type: Literal["hash"]
+    num_buckets: int = Field(16, ge=2, le=4096)
+
+
+PreprocessStep = Annotated[
+    StandardScale | MinMaxScale | OneHot | Impute | Drop | Hash, Field(discriminator="type")
+]
+
+
+class ModelSpec(Strict):
+    """A zoo model (``mlp``, ``cnn``) or a user factory ``package.module:function``."""
+
+    name: str = Field(min_length=1)
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class ScalingSpec(Strict):
+    """How many Ray Train workers, and what each one reserves."""
+
+    num_workers: int = Field(2, ge=1)
+    use_gpu: bool = False
+    resources_per_worker: dict[str, float] = Field(default_factory=lambda: {"CPU": 1.0})
+
+    @model_validator(mode="after")
+    def _positive_resources(self) -> ScalingSpec:
+        bad = [name for name, amount in self.resources_per_worker.items() if amount < 0]
+        if bad:
+            raise ValueError(f"resources_per_worker must not be negative: {bad}")
+        return self
+
+
+class TrainSpec(Strict):
+    """The one train loop's settings."""
+
+    epochs: int = Field(ge=1)
+    batch_size: int = Field(64, ge=1)
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    lr: float = Field(1e-3, gt=0.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    strategy: Literal["ddp"] = "ddp"
+    scaling: ScalingSpec = ScalingSpec()
+    checkpoint_every: int = Field(1, ge=1, description="checkpoint every N epochs (and after the last)")
+    max_failures: int = Field(2, ge=0, description="worker-group restarts from the latest checkpoint")
+    seed: int = 0
+
+
+class CostSpec(Strict):
+    """Prices for the cost estimate logged with each run (currency units per hour)."""
+
+    cpu_hour: float = Field(0.05, ge=0.0)
+    gpu_hour: float = Field(2.50, ge=0.0)
+
+
+class TrackingSpec(Strict):
+    """MLflow experiment, registered model and the promotion gate."""
+
+    experiment: str = Field(min_length=1)
+    model_name: str = Field(min_length=1, description="registered model name")
+    alias: str = Field("champion", min_length=1)
+    promotion_metric: str | None = Field(None, description="default: test_accuracy / test_rmse")
+    promotion_mode: Literal["max", "min"] | None = None
+    cost: CostSpec = CostSpec()
+
+
+class PipelineSpec(Strict):
+    """A whole pipeline: data → preprocess → model → train → tracking."""
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    data: DataSpec
+    preprocess: list[PreprocessStep] = Field(default_factory=list)
+    model: ModelSpec
+    train: TrainSpec
+    tracking: TrackingSpec
+    _file: str | None = PrivateAttr(None)
+
+    @model_validator(mode="after")
+    def _known_promotion_metric(self) -> PipelineSpec:
+        quality = "test_accuracy" if self.data.task == "classification" else "test_rmse"
+        known = {quality, "test_loss", "cost_estimate", "train_wall_s"}
+        if self.tracking.promotion_metric is not None and self.tracking.promotion_metric not in known:
+            raise ValueError(f"tracking.promotion_metric must be one of {sorted(known)} for a "
+                             f"{self.data.task} pipeline (got {self.tracking.promotion_metric!r})")
+        return self
+
+    @property
+    def file(self) -> str | None:
+        """The YAML file this spec was loaded from, if any."""
+        return self._file
+
+    @property
+    def promotion(self) -> tuple[str, Literal["max", "min"]]:
+        """(metric, mode) the promotion gate compares on."""
+        default = ("test_accuracy", "max") if self.data.task == "classification" else ("test_rmse", "min")
+        metric = self.tracking.promotion_metric or default[0]
+        mode = self.tracking.promotion_mode or (default[1] if metric == default[0] else "max")
+        return metric, mode

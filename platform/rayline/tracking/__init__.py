@@ -1,0 +1,30 @@
+"""Everything MLflow: runs, params, metrics, inputs, artifacts, the registry and the promotion gate."""
+
+from rayline.tracking.metrics import log_metrics
+from rayline.tracking.models import log_pyfunc
+from rayline.tracking.registry import PROMOTION_TAG, PromotionDecision, promote_if_better, register
+from rayline.tracking.runs import (
+    cost_metrics,
+    end_run,
+    flatten,
+    log_dataset,
+    log_params,
+    log_text,
+    start_run,
+)
+
+__all__ = [
+    "PROMOTION_TAG",
+    "PromotionDecision",
+    "cost_metrics",
+    "end_run",
+    "flatten",
+    "log_dataset",
+    "log_metrics",
+    "log_params",
+    "log_pyfunc",
+    "log_text",
+    "promote_if_better",
+    "register",
+    "start_run",
+]

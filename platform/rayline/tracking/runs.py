@@ -1,0 +1,99 @@
+"""One MLflow run per pipeline run: params, dataset input, spec artifact, resources and cost."""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow import MlflowClient
+from mlflow.data.code_dataset_source import CodeDatasetSource
+from mlflow.data.dataset_source_registry import resolve_dataset_source
+from mlflow.data.meta_dataset import MetaDataset
+from mlflow.entities import Param
+from mlflow.types import ColSpec, Schema
+
+MAX_PARAM_LENGTH = 6000
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """``{"train": {"lr": 0.1}}`` → ``{"train.lr": "0.1"}``; list items are indexed."""
+    flat: dict[str, str] = {}
+    for key, value in tree.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            flat.update(flatten(value, f"{path}."))
+        elif isinstance(value, list) and value and all(isinstance(v, Mapping) for v in value):
+            for index, item in enumerate(value):
+                flat.update(flatten(item, f"{path}.{index}."))
+        else:
+            flat[path] = str(value)[:MAX_PARAM_LENGTH]
+    return flat
+
+
+def start_run(tracking_uri: str, experiment: str, run_name: str, tags: Mapping[str, str]) -> str:
+    """Create the experiment if needed and a new run in it; return the run id."""
+    client = MlflowClient(tracking_uri)
+    found = client.get_experiment_by_name(experiment)
+    experiment_id = found.experiment_id if found else client.create_experiment(experiment)
+    return client.create_run(experiment_id, run_name=run_name, tags=dict(tags)).info.run_id
+
+
+def log_params(tracking_uri: str, run_id: str, params: Mapping[str, str]) -> None:
+    """Log params in batches of 100 (MLflow's limit per request)."""
+    client = MlflowClient(tracking_uri)
+    items = [Param(k, v) for k, v in params.items()]
+    for start in range(0, len(items), 100):
+        client.log_batch(run_id, params=items[start:start + 100])
+
+
+def log_dataset(run_id: str, name: str, uri: str, digest: str, schema: Mapping[str, str],
+                context: str = "training") -> None:
+    """Record the dataset as a run input (source, digest, column schema)."""
+    try:
+        source = resolve_dataset_source(uri)
+    except Exception:  # bundled and synthetic sources have no MLflow source type
+        source = CodeDatasetSource(tags={"uri": uri})
+    columns = Schema([ColSpec(_mlflow_type(dtype), column) for column, dtype in schema.items()])
+    dataset = MetaDataset(source=source, name=name, digest=digest, schema=columns)
+    with mlflow.start_run(run_id=run_id):
+        mlflow.log_input(dataset, context=context)
+
+
+def _mlflow_type(dtype: str) -> str:
+    if dtype.startswith(("float", "Float")):
+        return "double"
+    if dtype.startswith(("int", "Int", "uint", "UInt")):
+        return "long"
+    if dtype in {"bool", "boolean"}:
+        return "boolean"
+    return "string"
+
+
+def log_text(tracking_uri: str, run_id: str, text: str, artifact_file: str) -> None:
+    """Store ``text`` as an artifact of the run."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / Path(artifact_file).name
+        path.write_text(text)
+        parent = str(Path(artifact_file).parent)
+        MlflowClient(tracking_uri).log_artifact(run_id, str(path), None if parent == "." else parent)
+
+
+def end_run(tracking_uri: str, run_id: str, status: str = "FINISHED") -> None:
+    """Close the run (``FINISHED`` or ``FAILED``)."""
+    MlflowClient(tracking_uri).set_terminated(run_id, status=status)
+
+
+def cost_metrics(wall_s: float, workers: int, resources_per_worker: Mapping[str, float], use_gpu: bool,
+                 cpu_hour: float, gpu_hour: float) -> dict[str, float]:
+    """Resources used by the training workers and what they cost at the given hourly prices."""
+    cpu_seconds = wall_s * workers * resources_per_worker.get("CPU", 1.0)
+    gpu_seconds = wall_s * workers * resources_per_worker.get("GPU", 1.0 if use_gpu else 0.0)
+    return {
+        "train_wall_s": wall_s,
+        "cpu_seconds": cpu_seconds,
+        "gpu_seconds": gpu_seconds,
+        "cost_estimate": cpu_seconds / 3600 * cpu_hour + gpu_seconds / 3600 * gpu_hour,
+    }

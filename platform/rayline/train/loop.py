@@ -1,0 +1,148 @@
+"""The one per-worker train loop: pipelines and sweeps all run this function on Ray Train workers."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import ray.train
+import ray.train.torch
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from rayline.data import FEATURES
+from rayline.models import build_model
+from rayline.spec import ModelSpec, TrainSpec
+from rayline.tracking.metrics import log_metrics
+from rayline.train.checkpoint import load_checkpoint, report_with_checkpoint
+from rayline.train.strategy import get_strategy
+
+
+@dataclass
+class LoopConfig:
+    """Everything a worker needs; plain data so it travels to workers as ``train_loop_config``."""
+
+    model: dict[str, Any]
+    train: dict[str, Any]
+    task: str
+    label: str
+    num_features: int
+    num_outputs: int
+    splits: list[str]
+    tracking_uri: str | None = None
+    run_id: str | None = None
+
+
+def _optimizer(spec: TrainSpec, model: nn.Module) -> torch.optim.Optimizer:
+    options = {"lr": spec.lr, "weight_decay": spec.weight_decay}
+    match spec.optimizer:
+        case "adam":
+            return torch.optim.Adam(model.parameters(), **options)
+        case "adamw":
+            return torch.optim.AdamW(model.parameters(), **options)
+        case "sgd":
+            return torch.optim.SGD(model.parameters(), momentum=0.9, **options)
+    raise AssertionError(spec.optimizer)
+
+
+class Scorer:
+    """Sums loss and accuracy/squared error over batches; totals are all-reduced across workers."""
+
+    def __init__(self, task: str, device: torch.device) -> None:
+        self.classification = task == "classification"
+        self.loss_fn = nn.CrossEntropyLoss() if self.classification else nn.MSELoss()
+        self.totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, hits or sq. error, rows
+
+    def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        output = output if self.classification else output.squeeze(-1)
+        loss = self.loss_fn(output, target)
+        with torch.no_grad():
+            rows = target.shape[0]
+            quality = (output.argmax(-1) == target).sum() if self.classification else ((output - target) ** 2).sum()
+            self.totals[0] += loss.detach().double() * rows
+            self.totals[1] += quality.double()
+            self.totals[2] += rows
+        return loss
+
+    def result(self, prefix: str) -> dict[str, float]:
+        totals = self.totals.clone()
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(totals)
+        loss_sum, quality, rows = totals.tolist()
+        rows = max(rows, 1.0)
+        if self.classification:
+            quality_metric = {f"{prefix}_accuracy": quality / rows}
+        else:
+            quality_metric = {f"{prefix}_rmse": (quality / rows) ** 0.5}
+        return {f"{prefix}_loss": loss_sum / rows, **quality_metric, f"{prefix}_rows": rows}
+
+
+def _batches(split: str, config: LoopConfig, batch_size: int, device: torch.device):
+    label_dtype = torch.long if config.task == "classification" else torch.float32
+    shard = ray.train.get_dataset_shard(split)
+    dtypes = {FEATURES: torch.float32, config.label: label_dtype}
+    return shard.iter_torch_batches(batch_size=batch_size, dtypes=dtypes, device=device)
+
+
+def evaluate(
+    model: nn.Module, split: str, config: LoopConfig, batch_size: int, device: torch.device
+) -> dict[str, float]:
+    """Loss and accuracy/RMSE of ``model`` on this worker's shard of ``split``, all-reduced."""
+    scorer = Scorer(config.task, device)
+    model.eval()
+    with torch.no_grad():
+        for batch in _batches(split, config, batch_size, device):
+            scorer.loss(model(batch[FEATURES]), batch[config.label])
+    return scorer.result(split if split != "validation" else "val")
+
+
+def train_loop(raw_config: dict[str, Any]) -> dict[str, Any]:
+    """Train for ``train.epochs`` epochs, resuming from the latest checkpoint; evaluate on the test split."""
+    config = LoopConfig(**raw_config)
+    spec = TrainSpec.model_validate(config.train)
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    torch.manual_seed(spec.seed)
+    device = ray.train.torch.get_device()
+    strategy = get_strategy(spec.strategy)
+
+    model = build_model(ModelSpec.model_validate(config.model), config.num_features, config.num_outputs)
+    optimizer = _optimizer(spec, model)
+    start_epoch, resumed_from = 0, None
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        resumed_from = int(load_checkpoint(checkpoint, model, optimizer)["epoch"])
+        start_epoch = resumed_from + 1
+    model = strategy.wrap(model)
+    tracking = rank == 0 and config.tracking_uri and config.run_id
+    if tracking and resumed_from is not None:
+        log_metrics(config.tracking_uri, config.run_id, {"resumed_from_epoch": resumed_from}, step=start_epoch)
+
+    metrics: dict[str, float] = {}
+    for epoch in range(start_epoch, spec.epochs):
+        model.train()
+        scorer = Scorer(config.task, device)
+        started = time.perf_counter()
+        for batch in _batches("train", config, spec.batch_size, device):
+            loss = scorer.loss(model(batch[FEATURES]), batch[config.label])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        seconds = time.perf_counter() - started
+        metrics = {"epoch": epoch, **scorer.result("train")}
+        metrics["samples_per_s"] = metrics["train_rows"] / max(seconds, 1e-9)
+        if "validation" in config.splits:
+            metrics.update(evaluate(strategy.unwrap(model), "validation", config, spec.batch_size, device))
+        last = epoch == spec.epochs - 1
+        write = (epoch + 1) % spec.checkpoint_every == 0 or last
+        weights = strategy.state_dict(model) if write and rank == 0 else None
+        report_with_checkpoint(metrics, write and rank == 0, weights, optimizer, epoch)
+        if tracking:
+            log_metrics(config.tracking_uri, config.run_id, {k: v for k, v in metrics.items() if k != "epoch"},
+                        step=epoch)
+
+    test = evaluate(strategy.unwrap(model), "test", config, spec.batch_size, device)
+    return {"test": test, "last_epoch_metrics": metrics, "start_epoch": start_epoch,
+            "resumed_from_epoch": resumed_from, "world_size": world}
