@@ -14,6 +14,8 @@ from rayline.data.validate import check_schema
 from rayline.errors import SpecError
 from rayline.spec import PipelineSpec
 
+CACHE_MAX_ROWS = 200_000
+
 
 @dataclass
 class PreparedData:
@@ -43,7 +45,10 @@ def schema_of(dataset: ray.data.Dataset) -> dict[str, object]:
 def prepare(spec: PipelineSpec, storage_uri: str) -> PreparedData:
     """Prepare ``spec.data`` for training; raises :class:`SpecError` naming the field on bad data."""
     raw, source = read_source(spec.data, storage_uri)
-    features, steps = check_schema(spec, schema_of(raw))
+    schema = schema_of(raw)
+    if not schema:
+        raise SpecError(f"{spec.data.source} has zero rows", field="data.source")
+    features, steps = check_schema(spec, schema)
     label = spec.data.label
     raw = raw.select_columns([*features, label])
     assigned = assign_splits(raw, spec.data.split)
@@ -58,8 +63,12 @@ def prepare(spec: PipelineSpec, storage_uri: str) -> PreparedData:
     splits = {name: select_split(assigned, name) for name in SPLITS}
     preprocessor = FittedPreprocessor.fit(splits["train"], raw, steps, features, label, spec.data.task)
     example = splits["test"].take_batch(5, batch_format="pandas")[preprocessor.input_columns]
+    datasets = {name: preprocessor.transform_dataset(ds) for name, ds in splits.items() if counts[name]}
+    cache = spec.data.cache if spec.data.cache is not None else sum(counts.values()) <= CACHE_MAX_ROWS
+    if cache:
+        datasets = {name: ds.materialize() for name, ds in datasets.items()}
     return PreparedData(
-        datasets={name: preprocessor.transform_dataset(ds) for name, ds in splits.items() if counts[name]},
+        datasets=datasets,
         raw_splits=splits,
         preprocessor=preprocessor,
         source=source,

@@ -39,6 +39,9 @@ class DataSpec(Strict):
     features: list[str] | None = Field(None, description="feature columns; default: all but the label")
     task: Literal["classification", "regression"]
     split: SplitSpec = SplitSpec()
+    cache: bool | None = Field(
+        None, description="keep the preprocessed splits in Ray's object store (never the driver) instead of "
+        "re-reading every epoch; default: cache when the source has at most 200,000 rows")
 
 
 class _Step(Strict):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -13,8 +14,16 @@ from mlflow.models import infer_signature
 def log_pyfunc(run_id: str, entry_file: str, artifacts: dict[str, str], input_example: pd.DataFrame,
                output_example: pd.DataFrame, code_paths: Sequence[str | Path],
                pip_requirements: Sequence[str]) -> str:
-    """Log the pyfunc defined by ``entry_file`` (models-from-code) into ``run_id``; return its model URI."""
-    signature = infer_signature(input_example, output_example)
+    """Log the pyfunc defined by ``entry_file`` (models-from-code) into ``run_id``; return its model URI.
+
+    Integer input columns are declared as doubles, so a request with a missing value still passes
+    MLflow's schema enforcement (the preprocessor imputes or rejects it, not the signature).
+    """
+    integers = input_example.select_dtypes("integer").columns
+    input_example = input_example.astype(dict.fromkeys(integers, "float64"))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer", category=UserWarning)
+        signature = infer_signature(input_example, output_example)
     with mlflow.start_run(run_id=run_id):
         info = mlflow.pyfunc.log_model(
             name="model",

@@ -1,0 +1,60 @@
+"""One embedded platform (Ray head + MLflow server) for the whole test session."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+TESTS = Path(__file__).parent
+ROOT = TESTS.parent
+PIPELINES = ROOT / "pipelines"
+
+# Train workers import user models from tests/ (e.g. fault_models:CrashOnceMLP): Ray's processes inherit this.
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")]))
+for variable in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI", "RAYLINE_STORAGE"):
+    os.environ.pop(variable, None)
+
+import rayline  # noqa: E402  (after the environment above: Ray reads it at import)
+
+
+@pytest.fixture(scope="session")
+def state_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("rayline-state")
+
+
+@pytest.fixture(scope="session")
+def platform(state_dir: Path) -> Iterator[rayline.Platform]:
+    """A real local Ray cluster and a real MLflow tracking server, started once."""
+    started = rayline.up(state_dir, num_cpus=4)
+    started.init_ray()
+    yield started
+    import ray
+
+    ray.shutdown()
+    assert rayline.down(state_dir)
+    assert not rayline.status(state_dir)["running"]
+
+
+@pytest.fixture(scope="session")
+def mlflow_client(platform: rayline.Platform):
+    from mlflow import MlflowClient
+
+    return MlflowClient(platform.tracking_uri)
+
+
+@pytest.fixture
+def unique() -> str:
+    """A fresh name for experiments and registered models, so tests never see each other's runs."""
+    return f"t{uuid.uuid4().hex[:8]}"
+
+
+def run_cli(*args: str, state_dir: Path, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    """``rayline ARGS --state-dir STATE`` as a subprocess of this interpreter's environment."""
+    command = [str(Path(sys.executable).with_name("rayline")), *args, "--state-dir", str(state_dir)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=ROOT)

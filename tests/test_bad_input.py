@@ -1,0 +1,52 @@
+"""Each bad input is refused with one error naming the field, before any worker starts; MLflow stays empty."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import rayline
+from conftest import PIPELINES
+
+
+def _csv(path: Path, text: str) -> str:
+    path.write_text(text)
+    return str(path)
+
+
+CASES = {
+    "unknown key": (lambda tmp: {"train.epochz": 3}, "train.epochz", "unknown key"),
+    "wrong type": (lambda tmp: {"train.epochs": "ten"}, "train.epochs", "integer"),
+    "missing data file": (lambda tmp: {"data.source": str(tmp / "absent.csv")}, "data.source", "not found"),
+    "label column absent": (lambda tmp: {"data.label": "digit"}, "data.label", "'digit' not found"),
+    "non-numeric feature without encoding": (
+        lambda tmp: {"data.source": _csv(tmp / "rows.csv", "size,color,y\n" + "1.0,red,0\n2.0,blue,1\n" * 20),
+                     "data.label": "y", "preprocess": []},
+        "data.features", "'color'"),
+    "zero rows": (lambda tmp: {"data.source": _csv(tmp / "empty.csv", "size,weight,y\n"), "data.label": "y",
+                               "preprocess": []}, "data.source", "zero rows"),
+    "more workers than the cluster holds": (lambda tmp: {"train.scaling.num_workers": 64},
+                                            "train.scaling.num_workers", "never fit"),
+    "resources no node has": (lambda tmp: {"train.scaling.resources_per_worker": {"CPU": 64}},
+                              "train.scaling.resources_per_worker", "no node"),
+    "GPU on a CPU-only cluster": (lambda tmp: {"train.scaling.use_gpu": True}, "train.scaling.use_gpu", "GPU"),
+    "model import path that does not import": (lambda tmp: {"model.name": "no_such_package.nets:Net"},
+                                               "model.name", "cannot import"),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_input_is_refused_before_work(case: str, platform: rayline.Platform, tmp_path: Path, unique: str,
+                                          mlflow_client) -> None:
+    make_overrides, field, fragment = CASES[case]
+    overrides = {**make_overrides(tmp_path), "tracking.experiment": unique, "tracking.model_name": unique}
+    with pytest.raises(rayline.SpecError) as caught:
+        rayline.run(PIPELINES / "digits.yaml", overrides, ray_address=platform.ray_address,
+                    tracking_uri=platform.tracking_uri, storage_uri=platform.storage_uri)
+    error = caught.value
+    assert error.field == field
+    assert fragment in error.message
+    assert str(error).startswith(f"{PIPELINES / 'digits.yaml'}: {field}: ")
+    assert mlflow_client.get_experiment_by_name(unique) is None
+    assert mlflow_client.search_registered_models(f"name = '{unique}'") == []
