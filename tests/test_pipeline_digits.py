@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import yaml
 
@@ -45,7 +47,7 @@ def test_run_records_params_metrics_dataset_spec_and_cost(champion: rayline.Pipe
     assert dataset_input.dataset.name == "digits" and len(dataset_input.dataset.digest) == 16
     artifacts = {a.path for a in mlflow_client.list_artifacts(champion.run_id)}
     assert "spec.yaml" in artifacts
-    logged = yaml.safe_load(open(mlflow_client.download_artifacts(champion.run_id, "spec.yaml")))
+    logged = yaml.safe_load(Path(mlflow_client.download_artifacts(champion.run_id, "spec.yaml")).read_text())
     assert logged["tracking"]["model_name"] == "digits-test"
 
 
