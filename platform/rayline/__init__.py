@@ -14,6 +14,8 @@ import os
 # Token auth stays on: Ray reads the mode when it is first imported, and a driver only sends
 # ~/.ray/auth_token in token mode. Set RAY_AUTH_MODE=disabled yourself for a cluster without auth.
 os.environ.setdefault("RAY_AUTH_MODE", "token")
+# rayline prints its own summary with the run's URL.
+os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
 from pathlib import Path
 
@@ -39,15 +41,17 @@ def run(
     storage_uri: str | None = None,
     state_dir: str | Path = DEFAULT_STATE_DIR,
     progress: Progress | None = None,
+    verbose: bool = False,
 ) -> PipelineResult:
     """Run a pipeline spec end to end and return its result.
 
     With no addresses (arguments or ``RAY_ADDRESS`` / ``MLFLOW_TRACKING_URI``), the embedded local
-    platform in ``state_dir`` is started or reused.
+    platform in ``state_dir`` is started or reused. ``progress(stage, message)`` receives progress lines;
+    ``verbose`` streams Ray's worker logs.
     """
     loaded = spec if isinstance(spec, PipelineSpec) else load_spec(spec, overrides)
     platform = connect(ray_address, tracking_uri, storage_uri, state_dir)
-    return _run_pipeline(loaded, platform, progress or (lambda stage, message: None))
+    return _run_pipeline(loaded, platform, progress, verbose)
 
 
 def up(state_dir: str | Path = DEFAULT_STATE_DIR, num_cpus: int | None = None) -> Platform:

@@ -37,13 +37,14 @@ def run(
     storage: Annotated[str | None, typer.Option(envvar="RAYLINE_STORAGE",
                                                 help="checkpoint/data storage URI shared by all nodes")] = None,
     state_dir: StateDir = Path(DEFAULT_STATE_DIR),
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="stream Ray's worker logs")] = False,
 ) -> None:
     """Run a pipeline: data → train → evaluate → register."""
     try:
         loaded = rayline.load_spec(spec, overrides or [])
         _stage("spec", f"{spec}: pipeline {loaded.name!r}, model {loaded.model.name}")
         result = rayline.run(loaded, ray_address=ray_address, tracking_uri=tracking_uri, storage_uri=storage,
-                             state_dir=state_dir, progress=_stage)
+                             state_dir=state_dir, progress=_stage, verbose=verbose)
     except SpecError as err:
         raise _fail(err, 2) from None
     except RaylineError as err:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,11 +24,15 @@ class Platform:
     dashboard_url: str | None = None
     embedded: bool = False
 
-    def init_ray(self) -> None:
-        """Connect this process to the platform's Ray cluster (idempotent)."""
+    def init_ray(self, verbose: bool = False) -> None:
+        """Connect this process to the platform's Ray cluster (idempotent).
+
+        ``verbose`` streams worker logs to this process; otherwise only warnings and errors are shown
+        (a failed worker's traceback still arrives with the exception).
+        """
         if not ray.is_initialized():
-            ray.init(address=self.ray_address, logging_level="WARNING", log_to_driver=True,
-                     runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}})
+            ray.init(address=self.ray_address, logging_level="WARNING", log_to_driver=verbose)
+        logging.getLogger("ray.data").setLevel(logging.INFO if verbose else logging.WARNING)
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = False
         context.print_on_execution_start = False

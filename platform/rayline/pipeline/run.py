@@ -18,6 +18,7 @@ from rayline.data import PreparedData, prepare
 from rayline.errors import SpecError
 from rayline.models import build_model, resolve_factory
 from rayline.packaged import PYFUNC_ENTRY, PackagedModel
+from rayline.pipeline.progress import epoch_progress
 from rayline.spec import PipelineSpec
 from rayline.train import fit, read_weights
 
@@ -60,13 +61,16 @@ def _requirements() -> list[str]:
     return [f"{name}=={metadata.version(name)}" for name in RUNTIME_REQUIREMENTS]
 
 
-def run(spec: PipelineSpec, platform: Platform, progress: Progress = _quiet) -> PipelineResult:
+def run(
+    spec: PipelineSpec, platform: Platform, progress: Progress | None = None, verbose: bool = False
+) -> PipelineResult:
     """Run the pipeline on ``platform``. Invalid specs, data or resource requests raise :class:`SpecError`
-    before any worker starts or anything is written to MLflow."""
+    before any worker starts or anything is written to MLflow. ``verbose`` streams Ray's worker logs."""
     started = time.perf_counter()
+    progress = progress or _quiet
     try:
         resolve_factory(spec.model.name)
-        platform.init_ray()
+        platform.init_ray(verbose)
         check_placeable(spec.train.scaling)
         progress("data", f"reading {spec.data.source}")
         prepared = prepare(spec, platform.storage_uri)
@@ -107,8 +111,9 @@ def _tracked_run(
     scaling = spec.train.scaling
     progress("train", f"{scaling.num_workers} worker(s), {'GPU' if scaling.use_gpu else 'CPU'}, "
              f"{spec.train.epochs} epochs")
-    outcome = fit(spec, prepared, platform.storage_uri, run_name=f"{spec.name}-{run_id[:12]}",
-                  tracking_uri=uri, run_id=run_id)
+    with epoch_progress(uri, run_id, spec.train.epochs, progress):
+        outcome = fit(spec, prepared, platform.storage_uri, run_name=f"{spec.name}-{run_id[:12]}",
+                      tracking_uri=uri, run_id=run_id)
     cost = spec.tracking.cost
     metrics = {**outcome.test_metrics, **tracking.cost_metrics(
         outcome.wall_s, scaling.num_workers, scaling.resources_per_worker, scaling.use_gpu,
