@@ -20,11 +20,11 @@ demo: $(STAMP)
 	$(BIN)/rayline run pipelines/digits.yaml
 
 test: $(STAMP)
-	$(BIN)/ruff check platform tests bench
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q --durations=15
 
 lint: $(STAMP)
-	$(BIN)/ruff check platform tests bench
+	$(BIN)/ruff check .
 
 down: $(STAMP)
 	$(BIN)/rayline down
