@@ -31,8 +31,11 @@ def state_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def platform(state_dir: Path) -> Iterator[rayline.Platform]:
     """A real local Ray cluster and a real MLflow tracking server, started once."""
+    import mlflow
+
     started = rayline.up(state_dir, num_cpus=4)
     started.init_ray()
+    mlflow.set_tracking_uri(started.tracking_uri)
     yield started
     import ray
 

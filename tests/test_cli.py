@@ -48,7 +48,7 @@ def test_logged_model_matches_the_in_training_preprocessing(tabular_run, platfor
     prepared = prepare(spec, platform.storage_uri)  # the split and the fit are deterministic
     rows = prepared.raw_splits["test"].to_pandas()
     model_uri = f"models:/{name}/1"
-    logged_dir = Path(mlflow.artifacts.download_artifacts(f"{model_uri}", tracking_uri=platform.tracking_uri))
+    logged_dir = Path(mlflow.artifacts.download_artifacts(model_uri))
     logged_state = json.loads((logged_dir / "artifacts" / "model" / "preprocessor.json").read_text())
     assert logged_state == json.loads(prepared.preprocessor.to_json())
 
@@ -60,7 +60,6 @@ def test_logged_model_matches_the_in_training_preprocessing(tabular_run, platfor
     with torch.inference_mode():
         in_training = module.eval()(torch.from_numpy(np.stack(batch["features"]))).argmax(1).numpy()
 
-    mlflow.set_tracking_uri(platform.tracking_uri)
     served = mlflow.pyfunc.load_model(model_uri).predict(rows[prepared.preprocessor.input_columns])
     assert list(served["prediction"]) == list(prepared.preprocessor.decode(in_training))
     assert list(batch[spec.data.label]) == [prepared.preprocessor.classes.index(v) for v in rows[spec.data.label]]

@@ -31,7 +31,7 @@ def load_checkpoint(checkpoint: Checkpoint, model: torch.nn.Module,
         root = Path(directory)
         model.load_state_dict(load_file(str(root / WEIGHTS)))
         if optimizer is not None:
-            optimizer.load_state_dict(torch.load(root / OPTIMIZER, weights_only=True))
+            optimizer.load_state_dict(torch.load(root / OPTIMIZER, map_location="cpu", weights_only=True))
         return json.loads((root / META).read_text())
 
 

@@ -108,14 +108,14 @@ def train_loop(raw_config: dict[str, Any]) -> dict[str, Any]:
     device = ray.train.torch.get_device()
     strategy = get_strategy(spec.strategy)
 
-    model = build_model(ModelSpec.model_validate(config.model), config.num_features, config.num_outputs)
-    optimizer = _optimizer(spec, model)
+    model = strategy.wrap(build_model(ModelSpec.model_validate(config.model), config.num_features,
+                                      config.num_outputs))
+    optimizer = _optimizer(spec, model)  # after wrap: its state then lives on the worker's device
     start_epoch, resumed_from = 0, None
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
-        resumed_from = int(load_checkpoint(checkpoint, model, optimizer)["epoch"])
+        resumed_from = int(load_checkpoint(checkpoint, strategy.unwrap(model), optimizer)["epoch"])
         start_epoch = resumed_from + 1
-    model = strategy.wrap(model)
     tracking = rank == 0 and config.tracking_uri and config.run_id
     if tracking and resumed_from is not None:
         log_metrics(config.tracking_uri, config.run_id, {"resumed_from_epoch": resumed_from}, step=start_epoch)
