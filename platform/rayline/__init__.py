@@ -26,7 +26,9 @@ from rayline.cluster import up as _up
 from rayline.errors import RaylineError, SpecError
 from rayline.pipeline import PipelineResult, Progress
 from rayline.pipeline import run as _run_pipeline
-from rayline.spec import Overrides, PipelineSpec, load_spec
+from rayline.serve import Endpoint
+from rayline.serve import deploy as _deploy
+from rayline.spec import Overrides, PipelineSpec, ServiceSpec, load_service_spec, load_spec
 from rayline.tracking import PromotionDecision
 
 __version__ = "0.1.0"
@@ -54,6 +56,19 @@ def run(
     return _run_pipeline(loaded, platform, progress, verbose)
 
 
+def serve(
+    spec: str | Path | ServiceSpec,
+    overrides: Overrides = None,
+    *,
+    ray_address: str | None = None,
+    tracking_uri: str | None = None,
+    state_dir: str | Path = DEFAULT_STATE_DIR,
+) -> Endpoint:
+    """Deploy (or update) a service spec on Ray Serve and return its endpoint (``.url``, ``.predict(rows)``)."""
+    loaded = spec if isinstance(spec, ServiceSpec) else load_service_spec(spec, overrides)
+    return _deploy(loaded, connect(ray_address, tracking_uri, None, state_dir))
+
+
 def up(state_dir: str | Path = DEFAULT_STATE_DIR, num_cpus: int | None = None) -> Platform:
     """Start (or reuse) the embedded local platform: Ray head + MLflow server on 127.0.0.1."""
     return _up(state_dir, num_cpus)
@@ -70,15 +85,20 @@ def status(state_dir: str | Path = DEFAULT_STATE_DIR) -> dict[str, object]:
 
 
 __all__ = [
+    "Endpoint",
     "PipelineResult",
     "PipelineSpec",
     "Platform",
     "PromotionDecision",
     "RaylineError",
+    "ServiceSpec",
     "SpecError",
+    "connect",
     "down",
+    "load_service_spec",
     "load_spec",
     "run",
+    "serve",
     "status",
     "up",
 ]

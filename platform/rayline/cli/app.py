@@ -11,6 +11,9 @@ import typer
 import rayline
 from rayline.cluster import DEFAULT_STATE_DIR
 from rayline.errors import RaylineError, SpecError
+from rayline.serve.deploy import deploy as serve_deploy
+from rayline.serve.deploy import shutdown as serve_shutdown
+from rayline.serve.deploy import status as serve_status
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Ray Data → Ray Train → MLflow, from one spec.")
 
@@ -85,6 +88,39 @@ def down(state_dir: StateDir = Path(DEFAULT_STATE_DIR)) -> None:
     """Stop the embedded platform started from the state directory."""
     stopped = rayline.down(state_dir)
     typer.echo("stopped" if stopped else "nothing was running")
+
+
+@app.command("serve")
+def serve_command(
+    target: Annotated[str, typer.Argument(help="a service spec (YAML), or `status` / `shutdown`")],
+    overrides: Annotated[list[str] | None, typer.Option("--set", help="override a field: a.b=value")] = None,
+    name: Annotated[str | None, typer.Option(help="with shutdown: only this application")] = None,
+    ray_address: Annotated[str | None, typer.Option(envvar="RAY_ADDRESS", help="existing Ray cluster")] = None,
+    tracking_uri: Annotated[str | None, typer.Option(envvar="MLFLOW_TRACKING_URI",
+                                                     help="existing MLflow server")] = None,
+    state_dir: StateDir = Path(DEFAULT_STATE_DIR),
+) -> None:
+    """Deploy or update a model endpoint on Ray Serve (`rayline serve serving/digits.yaml`), or show
+    (`status`) or stop (`shutdown`) what is served."""
+    platform = rayline.connect(ray_address, tracking_uri, None, state_dir)
+    if target == "status":
+        typer.echo(json.dumps(serve_status(platform), indent=2))
+        return
+    if target == "shutdown":
+        serve_shutdown(platform, name)
+        typer.echo(f"stopped {name or 'every application'}")
+        return
+    try:
+        spec = rayline.load_service_spec(target, overrides or [])
+        _stage("serve", f"deploying {spec.model} as {spec.name!r}")
+        endpoint = serve_deploy(spec, platform)
+    except RaylineError as err:
+        raise _fail(err, 2 if isinstance(err, SpecError) else 1) from None
+    typer.echo(f"serving {spec.model} at {endpoint.url}")
+    typer.echo(f"  predict   POST {endpoint.url}/v1/models/{spec.model_name}/predict")
+    typer.echo(f"  MLflow    POST {endpoint.url}/invocations")
+    typer.echo(f"  OIP v2    POST {endpoint.url}/v2/models/{spec.model_name}/infer")
+    typer.echo(f"  docs      {endpoint.url}/docs")
 
 
 def main() -> None:

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import ray.data
 from ray.data.preprocessor import Preprocessor
-from ray.data.preprocessors import Chain, Concatenator, LabelEncoder
+from ray.data.preprocessors import Chain, Concatenator, LabelEncoder, SimpleImputer
 
 from rayline.data.state_codec import dump_preprocessor, load_preprocessor
 from rayline.data.steps import build_step
@@ -59,6 +59,11 @@ class FittedPreprocessor:
             return None
         vocabulary = self.label_encoder.stats_[f"unique_values({self.label})"]
         return [value for value, _ in sorted(vocabulary.items(), key=lambda item: item[1])]
+
+    @property
+    def imputed_columns(self) -> frozenset[str]:
+        """Input columns whose missing values the steps fill in."""
+        return frozenset(c for step in self.feature_steps if isinstance(step, SimpleImputer) for c in step.columns)
 
     @property
     def num_outputs(self) -> int:

@@ -14,6 +14,7 @@ from rayline.spec.pipeline import (
     TrackingSpec,
     TrainSpec,
 )
+from rayline.spec.service import ServiceSpec
 
 BUNDLED_PREFIXES = ("sklearn:", "palmerpenguins:", "synthetic://")
 
@@ -34,6 +35,12 @@ def load_spec(path: str | Path, overrides: Overrides = None) -> PipelineSpec:
     return spec
 
 
+def load_service_spec(path: str | Path, overrides: Overrides = None) -> ServiceSpec:
+    """Load a service spec from YAML with overrides; errors name the file and the field."""
+    document = apply_overrides(read_yaml(path), parse_overrides(overrides))
+    return validate(ServiceSpec, document, file=str(path))
+
+
 __all__ = [
     "BUNDLED_PREFIXES",
     "DataSpec",
@@ -42,7 +49,9 @@ __all__ = [
     "PipelineSpec",
     "PreprocessStep",
     "ScalingSpec",
+    "ServiceSpec",
     "TrackingSpec",
     "TrainSpec",
+    "load_service_spec",
     "load_spec",
 ]

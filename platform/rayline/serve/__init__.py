@@ -1,0 +1,5 @@
+"""Ray Serve: the registered model behind HTTP (rayline v1, MLflow scoring, OIP v2)."""
+
+from rayline.serve.deploy import Endpoint, build_app, deploy, shutdown, status
+
+__all__ = ["Endpoint", "build_app", "deploy", "shutdown", "status"]

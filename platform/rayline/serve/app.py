@@ -1,0 +1,157 @@
+"""The Ray Serve deployment: a FastAPI ingress speaking rayline v1, MLflow scoring and OIP v2.
+
+No ``from __future__ import annotations`` here: FastAPI must see real types (``Request``) on the
+methods Serve's ingress re-binds.
+"""
+
+import asyncio
+import itertools
+import json
+from typing import Any
+
+import pandas as pd
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+from ray import serve
+
+from rayline.serve.auth import authorized
+from rayline.serve.errors import InputError
+from rayline.serve.model_source import LoadedModel, load_version, resolve_version
+from rayline.serve.payloads import InferRequest, frame_from_infer, frame_from_scoring, infer_outputs
+
+OIP_TYPES = {"double": "FP64", "float": "FP32", "long": "INT64", "integer": "INT32", "string": "BYTES",
+             "boolean": "BOOL"}
+
+api = FastAPI(title="rayline model endpoint", description="rayline v1, MLflow scoring and Open Inference "
+              "Protocol v2 over one registered model.")
+
+
+@api.exception_handler(InputError)
+async def _input_error(request: Request, error: InputError) -> JSONResponse:
+    headers = {"WWW-Authenticate": "Bearer"} if error.status == 401 else None
+    return JSONResponse(error.body(), status_code=error.status, headers=headers)
+
+
+@api.exception_handler(RequestValidationError)
+async def _invalid_request(request: Request, error: RequestValidationError) -> JSONResponse:
+    return JSONResponse({"error": "invalid request", "detail": json.loads(json.dumps(error.errors(), default=str))},
+                        status_code=422)
+
+
+@serve.deployment
+@serve.ingress(api)
+class ModelServer:
+    """One replica: loads the packaged model once, validates, batches and answers."""
+
+    def __init__(self, model_uri: str, tracking_uri: str, key_digests: list[str], max_rows: int,
+                 max_body_bytes: int, max_batch_size: int, batch_wait_timeout_s: float) -> None:
+        from mlflow import MlflowClient
+
+        name, version = resolve_version(MlflowClient(tracking_uri), model_uri)
+        self.loaded: LoadedModel = load_version(tracking_uri, name, version, max_rows)
+        self.key_digests = key_digests
+        self.max_body_bytes = max_body_bytes
+        self._predict_batch.set_max_batch_size(max_batch_size)
+        self._predict_batch.set_batch_wait_timeout_s(batch_wait_timeout_s)
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
+    async def _predict_batch(self, frames: list[pd.DataFrame]) -> list[pd.DataFrame]:
+        rows = pd.concat(frames, ignore_index=True)
+        predictions = await asyncio.to_thread(self.loaded.model.predict, rows)
+        bounds = [0]
+        for frame in frames:
+            bounds.append(bounds[-1] + len(frame))
+        return [predictions.iloc[start:end].reset_index(drop=True) for start, end in itertools.pairwise(bounds)]
+
+    async def _body(self, request: Request) -> bytes:
+        if not authorized(request.headers.get("authorization"), self.key_digests):
+            raise InputError(401, "missing or invalid API key")
+        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if content_type != "application/json":
+            raise InputError(415, "send the body as application/json", {"content_type": content_type or None})
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > self.max_body_bytes:
+            raise InputError(413, f"body over {self.max_body_bytes} bytes", {"content_length": int(declared)})
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > self.max_body_bytes:
+                raise InputError(413, f"body over {self.max_body_bytes} bytes")
+        return bytes(body)
+
+    async def _scoring(self, request: Request) -> pd.DataFrame:
+        try:
+            payload = json.loads(await self._body(request))
+        except json.JSONDecodeError as err:
+            raise InputError(400, "malformed JSON", str(err)) from None
+        frame = frame_from_scoring(payload, list(self.loaded.schema.columns))
+        return await self._predict_batch(self.loaded.schema.check(frame))
+
+    def _check_name(self, name: str) -> None:
+        if name != self.loaded.name:
+            raise InputError(404, f"no model named {name!r}", {"served": self.loaded.name})
+
+    @api.post("/v1/models/{name}/predict")
+    async def predict(self, name: str, request: Request) -> dict[str, Any]:
+        """``{"instances": [...]}`` or ``{"inputs": {column: [...]}}`` → predictions and the answering version."""
+        self._check_name(name)
+        predictions = await self._scoring(request)
+        return {"model_name": self.loaded.name, "model_version": self.loaded.version,
+                "predictions": predictions.to_dict(orient="records")}
+
+    @api.post("/invocations")
+    async def invocations(self, request: Request) -> dict[str, Any]:
+        """MLflow's scoring protocol (``dataframe_split``, ``dataframe_records``, ``instances``, ``inputs``)."""
+        predictions = await self._scoring(request)
+        return {"predictions": predictions.to_dict(orient="records")}
+
+    @api.post("/v2/models/{name}/infer")
+    async def infer(self, name: str, request: Request) -> dict[str, Any]:
+        """Open Inference Protocol v2 inference: one input tensor per column."""
+        self._check_name(name)
+        try:
+            infer_request = InferRequest.model_validate_json(await self._body(request))
+        except ValidationError as err:
+            raise InputError(422, "invalid inference request", json.loads(err.json(include_url=False))) from None
+        frame = self.loaded.schema.check(frame_from_infer(infer_request))
+        predictions = await self._predict_batch(frame)
+        outputs = [output.model_dump() for output in infer_outputs(predictions)]
+        return {"model_name": self.loaded.name, "model_version": self.loaded.version, "id": infer_request.id,
+                "outputs": outputs}
+
+    @api.get("/v2/models/{name}")
+    async def metadata(self, name: str) -> dict[str, Any]:
+        """OIP v2 model metadata."""
+        self._check_name(name)
+        inputs = [{"name": c, "datatype": OIP_TYPES.get(t, "BYTES"), "shape": [-1]}
+                  for c, t in self.loaded.schema.columns.items()]
+        classification = self.loaded.model.preprocessor.task == "classification"
+        outputs = [{"name": "prediction", "datatype": "BYTES" if classification else "FP64", "shape": [-1]}]
+        if classification:
+            outputs.append({"name": "probability", "datatype": "FP64", "shape": [-1]})
+        return {"name": self.loaded.name, "versions": [self.loaded.version], "platform": "rayline_pytorch",
+                "inputs": inputs, "outputs": outputs}
+
+    @api.get("/v2/models/{name}/ready")
+    async def model_ready(self, name: str) -> dict[str, Any]:
+        """OIP v2 model readiness."""
+        self._check_name(name)
+        return {"name": name, "ready": True}
+
+    @api.get("/v2/health/live")
+    async def live(self) -> dict[str, bool]:
+        return {"live": True}
+
+    @api.get("/v2/health/ready")
+    async def ready(self) -> dict[str, bool]:
+        return {"ready": True}
+
+    @api.get("/healthz")
+    async def healthz(self) -> dict[str, str]:
+        return {"status": "ok"}
+
+    @api.get("/readyz")
+    async def readyz(self) -> dict[str, str]:
+        return {"status": "ready", "model": self.loaded.name, "version": self.loaded.version}

@@ -1,0 +1,83 @@
+"""Deploying a service spec on the platform's Ray cluster, and the endpoint handle the SDK returns."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+from ray import serve
+from ray.serve import Application
+
+from rayline.cluster import Platform
+from rayline.serve.app import ModelServer
+from rayline.serve.auth import load_key_digests
+from rayline.spec import ServiceSpec
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """A deployed service: its base URL and a small HTTP client for it."""
+
+    name: str
+    url: str
+    model_name: str
+    api_key: str | None = None
+
+    def predict(self, rows: pd.DataFrame | list[dict[str, Any]], timeout_s: float = 30.0) -> dict[str, Any]:
+        """POST rows to ``/v1/models/<model>/predict`` over HTTP and return the JSON answer."""
+        records = rows.to_dict(orient="records") if isinstance(rows, pd.DataFrame) else rows
+        request = urllib.request.Request(
+            f"{self.url.rstrip('/')}/v1/models/{self.model_name}/predict",
+            data=json.dumps({"instances": records}).encode(),
+            headers={"Content-Type": "application/json",
+                     **({"Authorization": f"Bearer {self.api_key}"} if self.api_key else {})},
+        )
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
+            return json.loads(response.read())
+
+
+def build_app(spec: ServiceSpec, tracking_uri: str) -> Application:
+    """The Serve application for ``spec`` (also what ``serve build``/``serve deploy`` configs point at)."""
+    scaling = spec.autoscaling
+    autoscaling = scaling.model_dump(exclude_none=True)
+    return ModelServer.options(
+        name=spec.name,
+        autoscaling_config=autoscaling,
+        max_ongoing_requests=spec.max_ongoing_requests,
+        max_queued_requests=spec.max_queued_requests,
+        ray_actor_options={"num_cpus": spec.resources.num_cpus, "num_gpus": spec.resources.num_gpus},
+    ).bind(
+        spec.model, tracking_uri, load_key_digests(spec.auth), spec.max_rows, spec.max_body_bytes,
+        spec.batching.max_batch_size, spec.batching.batch_wait_timeout_s,
+    )
+
+
+def deploy(spec: ServiceSpec, platform: Platform) -> Endpoint:
+    """Deploy (or update) ``spec`` on the platform's cluster and wait until it is healthy."""
+    platform.init_ray()
+    app = build_app(spec, platform.tracking_uri)
+    serve.start(http_options={"host": spec.host, "port": spec.port})
+    serve.run(app, name=spec.name, route_prefix=spec.route_prefix, blocking=False)
+    base = f"http://{spec.host}:{spec.port}{spec.route_prefix.rstrip('/')}"
+    return Endpoint(name=spec.name, url=base or "/", model_name=spec.model_name)
+
+
+def status(platform: Platform) -> dict[str, Any]:
+    """Serve's view of the applications on the cluster."""
+    platform.init_ray()
+    applications = serve.status().applications
+    return {name: {"status": str(app.status), "route_prefix": app.route_prefix,
+                   "deployments": {d: str(info.status) for d, info in app.deployments.items()}}
+            for name, app in applications.items()}
+
+
+def shutdown(platform: Platform, name: str | None = None) -> None:
+    """Delete one application, or stop Serve entirely."""
+    platform.init_ray()
+    if name:
+        serve.delete(name)
+    else:
+        serve.shutdown()

@@ -1,0 +1,44 @@
+"""Resolving a registry URI to one model version and loading its packaged model in a replica."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import mlflow
+from mlflow import MlflowClient
+from mlflow.models import Model
+
+from rayline.packaged import PackagedModel
+from rayline.serve.validation import InputSchema
+from rayline.spec.service import MODEL_URI
+
+
+@dataclass
+class LoadedModel:
+    """A packaged model with the registry coordinates that answered and its input schema."""
+
+    name: str
+    version: str
+    model: PackagedModel
+    schema: InputSchema
+
+
+def resolve_version(client: MlflowClient, model_uri: str) -> tuple[str, str]:
+    """``models:/name@alias`` or ``models:/name/3`` → (name, version)."""
+    parts = MODEL_URI.match(model_uri)
+    if parts is None:
+        raise ValueError(f"not a registry model URI: {model_uri!r}")
+    if parts["alias"]:
+        return parts["name"], client.get_model_version_by_alias(parts["name"], parts["alias"]).version
+    return parts["name"], parts["version"]
+
+
+def load_version(tracking_uri: str, name: str, version: str, max_rows: int) -> LoadedModel:
+    """Download ``models:/name/version`` and load the packaged model (no pickle is read)."""
+    mlflow.set_tracking_uri(tracking_uri)
+    local = mlflow.artifacts.download_artifacts(f"models:/{name}/{version}")
+    packaged = PackagedModel.load(f"{local}/artifacts/model")
+    signature = Model.load(local).signature
+    columns = {c: t.name for c, t in signature.inputs.input_types_dict().items()}
+    schema = InputSchema(columns=columns, nullable=packaged.preprocessor.imputed_columns, max_rows=max_rows)
+    return LoadedModel(name=name, version=version, model=packaged, schema=schema)

@@ -1,0 +1,58 @@
+"""Checking a request frame against the model's input signature before it reaches the model."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from rayline.serve.errors import InputError
+
+NUMERIC_KINDS = {"double", "float", "long", "integer"}
+
+
+@dataclass(frozen=True)
+class InputSchema:
+    """Column → MLflow type (``double``, ``long``, ``string``, ...); ``nullable`` columns are imputed by the model."""
+
+    columns: dict[str, str]
+    nullable: frozenset[str]
+    max_rows: int
+
+    def check(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """Return a frame with exactly the signature's columns, numeric ones as float64; else raise 400/422."""
+        if frame.empty:
+            raise InputError(400, "empty batch: send at least one row")
+        if len(frame) > self.max_rows:
+            raise InputError(422, f"too many rows: {len(frame)} > {self.max_rows}", {"rows": len(frame)})
+        missing = [c for c in self.columns if c not in frame.columns]
+        unknown = [str(c) for c in frame.columns if c not in self.columns]
+        if missing or unknown:
+            raise InputError(422, "wrong columns", {"missing": missing, "unknown": unknown,
+                                                    "expected": list(self.columns)})
+        checked = {}
+        for column, kind in self.columns.items():
+            checked[column] = self._column(frame[column], column, kind)
+        return pd.DataFrame(checked)
+
+    def _column(self, values: pd.Series, column: str, kind: str) -> pd.Series:
+        if kind in NUMERIC_KINDS:
+            if values.map(lambda v: isinstance(v, bool | str | list | dict)).any():
+                raise InputError(422, f"column {column!r} must be numeric", {"field": column, "type": kind})
+            numbers = pd.to_numeric(values, errors="coerce").astype("float64")
+            bad = numbers.isna() & values.notna()
+            if bad.any():
+                raise InputError(422, f"column {column!r} must be numeric", {"field": column, "type": kind})
+            if np.isinf(numbers).any():
+                raise InputError(422, f"column {column!r} holds Inf", {"field": column})
+            if numbers.isna().any() and column not in self.nullable:
+                raise InputError(422, f"column {column!r} holds NaN or null, and the model does not impute it",
+                                 {"field": column})
+            return numbers
+        if values.map(lambda v: v is not None and not isinstance(v, str)).any():
+            raise InputError(422, f"column {column!r} must hold strings", {"field": column, "type": kind})
+        if values.isna().any() and column not in self.nullable:
+            raise InputError(422, f"column {column!r} holds null, and the model does not impute it",
+                             {"field": column})
+        return values.astype(object)

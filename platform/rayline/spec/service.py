@@ -1,0 +1,78 @@
+"""Pydantic models of a service spec (``serving/*.yaml``): a registered model behind HTTP on Ray Serve."""
+
+from __future__ import annotations
+
+import re
+
+from pydantic import Field, model_validator
+
+from rayline.spec.pipeline import Strict
+
+MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[A-Za-z0-9_-]+)|/(?P<version>\d+))$")
+
+
+class AutoscalingSpec(Strict):
+    """Ray Serve autoscaling: replicas follow the ongoing requests per replica."""
+
+    min_replicas: int = Field(1, ge=0, description="0 scales to zero when idle")
+    max_replicas: int = Field(2, ge=1)
+    initial_replicas: int | None = Field(None, ge=0)
+    target_ongoing_requests: float = Field(8.0, gt=0.0)
+    upscale_delay_s: float = Field(2.0, ge=0.0)
+    downscale_delay_s: float = Field(60.0, ge=0.0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> AutoscalingSpec:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError("min_replicas must not exceed max_replicas")
+        return self
+
+
+class BatchingSpec(Strict):
+    """Dynamic batching with ``@serve.batch``: rows of concurrent requests share one forward pass."""
+
+    max_batch_size: int = Field(32, ge=1)
+    batch_wait_timeout_s: float = Field(0.005, ge=0.0)
+
+
+class ResourcesSpec(Strict):
+    """What each replica reserves."""
+
+    num_cpus: float = Field(1.0, ge=0.0)
+    num_gpus: float = Field(0.0, ge=0.0)
+
+
+class AuthSpec(Strict):
+    """API keys (``Authorization: Bearer <key>``). Keys come from the environment or a file, never the YAML."""
+
+    api_keys_env: str | None = Field(None, description="environment variable holding comma-separated keys")
+    api_keys_file: str | None = Field(None, description="file with one key per line")
+
+
+class ServiceSpec(Strict):
+    """A model endpoint: which model, how it scales, batches, admits and authenticates requests."""
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    model: str = Field(description="models:/<name>@<alias> or models:/<name>/<version>")
+    route_prefix: str = Field("/", pattern=r"^/")
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    autoscaling: AutoscalingSpec = AutoscalingSpec()
+    max_ongoing_requests: int = Field(64, ge=1, description="concurrent requests per replica")
+    max_queued_requests: int = Field(256, ge=1, description="beyond this, requests get 503 instead of waiting")
+    batching: BatchingSpec = BatchingSpec()
+    resources: ResourcesSpec = ResourcesSpec()
+    auth: AuthSpec = AuthSpec()
+    max_body_bytes: int = Field(1_048_576, ge=1, description="larger bodies get 413 before they are parsed")
+    max_rows: int = Field(1024, ge=1, description="rows per request")
+
+    @model_validator(mode="after")
+    def _model_uri(self) -> ServiceSpec:
+        if not MODEL_URI.match(self.model):
+            raise ValueError(f"model must look like models:/name@alias or models:/name/3 (got {self.model!r})")
+        return self
+
+    @property
+    def model_name(self) -> str:
+        """The registered model's name."""
+        return MODEL_URI.match(self.model)["name"]
