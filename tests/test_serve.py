@@ -1,0 +1,169 @@
+"""The registered model behind real HTTP on Ray Serve: protocols, parity, bad input, API keys."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator
+
+import httpx
+import mlflow
+import pandas as pd
+import pytest
+from sklearn.datasets import load_digits
+
+import rayline
+from conftest import PIPELINES
+from rayline.cluster.processes import free_port
+
+MODEL = "serve-test"
+API_KEY = "s3cret-test-key"
+
+
+@pytest.fixture(scope="module")
+def registered(platform: rayline.Platform) -> rayline.PipelineResult:
+    """A small digits model (1 worker, 3 epochs) registered as the champion of ``serve-test``."""
+    return rayline.run(PIPELINES / "digits.yaml", {
+        "model": {"name": "mlp", "params": {"hidden": [64]}}, "train.epochs": 3, "train.scaling.num_workers": 1,
+        "tracking.experiment": MODEL, "tracking.model_name": MODEL,
+    }, ray_address=platform.ray_address, tracking_uri=platform.tracking_uri, storage_uri=platform.storage_uri)
+
+
+@pytest.fixture(scope="module")
+def endpoints(platform: rayline.Platform, registered: rayline.PipelineResult,
+              monkeypatch_module: pytest.MonkeyPatch) -> Iterator[dict[str, rayline.Endpoint]]:
+    """Two applications on one Serve instance: open at /, API-key protected at /secure."""
+    from ray import serve
+
+    port = free_port()
+    monkeypatch_module.setenv("SERVE_TEST_KEYS", f"other-key,{API_KEY}")
+    common = {"model": f"models:/{MODEL}@champion", "port": port, "max_rows": 100, "max_body_bytes": 200_000,
+              "autoscaling": {"min_replicas": 1, "max_replicas": 1}, "resources": {"num_cpus": 0.5}}
+    open_spec = rayline.ServiceSpec(name="open", route_prefix="/", **common)
+    secure_spec = rayline.ServiceSpec(name="secure", route_prefix="/secure",
+                                      auth={"api_keys_env": "SERVE_TEST_KEYS"}, **common)
+    where = {"ray_address": platform.ray_address, "tracking_uri": platform.tracking_uri}
+    yield {"open": rayline.serve(open_spec, **where), "secure": rayline.serve(secure_spec, **where)}
+    serve.shutdown()
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module() -> Iterator[pytest.MonkeyPatch]:
+    with pytest.MonkeyPatch.context() as patch:
+        yield patch
+
+
+@pytest.fixture(scope="module")
+def rows() -> pd.DataFrame:
+    frame = load_digits(as_frame=True).frame
+    return frame.drop(columns=["target"]).sample(20, random_state=0).reset_index(drop=True)
+
+
+@pytest.fixture(scope="module")
+def offline(registered: rayline.PipelineResult, rows: pd.DataFrame) -> list[int]:
+    """The logged model's predictions, loaded with MLflow in this process."""
+    return [int(p) for p in mlflow.pyfunc.load_model(registered.model_uri).predict(rows)["prediction"]]
+
+
+@pytest.fixture
+def client(endpoints: dict[str, rayline.Endpoint]) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=endpoints["open"].url, timeout=60) as http:
+        yield http
+
+
+def test_v1_predict_matches_offline_and_names_the_version(client: httpx.Client, rows: pd.DataFrame,
+                                                          offline: list[int], registered) -> None:
+    for body in ({"instances": rows.to_dict(orient="records")}, {"inputs": rows.to_dict(orient="list")},
+                 {"instances": rows.values.tolist()}):
+        answer = client.post(f"/v1/models/{MODEL}/predict", json=body)
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["model_version"] == registered.model_version
+        assert [p["prediction"] for p in answer.json()["predictions"]] == offline
+
+
+def test_mlflow_scoring_formats(client: httpx.Client, rows: pd.DataFrame, offline: list[int]) -> None:
+    bodies = [
+        {"dataframe_split": {"columns": list(rows.columns), "data": rows.values.tolist()}},
+        {"dataframe_records": rows.to_dict(orient="records")},
+        {"instances": rows.to_dict(orient="records")},
+        {"inputs": rows.to_dict(orient="list")},
+    ]
+    for body in bodies:
+        answer = client.post("/invocations", json=body)
+        assert answer.status_code == 200, answer.text
+        assert [p["prediction"] for p in answer.json()["predictions"]] == offline
+
+
+def test_open_inference_protocol_v2(client: httpx.Client, rows: pd.DataFrame, offline: list[int]) -> None:
+    assert client.get("/v2/health/live").json() == {"live": True}
+    assert client.get("/v2/health/ready").json() == {"ready": True}
+    metadata = client.get(f"/v2/models/{MODEL}").json()
+    assert [i["name"] for i in metadata["inputs"]] == list(rows.columns)
+    inputs = [{"name": c, "shape": [len(rows), 1], "datatype": "FP64", "data": rows[c].tolist()} for c in rows]
+    answer = client.post(f"/v2/models/{MODEL}/infer", json={"id": "r1", "inputs": inputs})
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert body["id"] == "r1"
+    prediction = next(o for o in body["outputs"] if o["name"] == "prediction")
+    assert [int(v) for v in prediction["data"]] == offline
+
+
+def _nan_row(rows: pd.DataFrame) -> dict:
+    record = rows.iloc[0].to_dict()
+    record["pixel_0_1"] = math.nan
+    return {"instances": [record]}
+
+
+BAD = {
+    "malformed JSON": (b'{"instances": [', "application/json", 400, None),
+    "no known key": (b'{"rows": []}', "application/json", 400, None),
+    "empty batch": (b'{"instances": []}', "application/json", 400, None),
+    "wrong column names": (json.dumps({"instances": [{"pixel": 1.0}]}).encode(), "application/json", 422,
+                           "missing"),
+    "wrong type": (lambda rows: {"instances": [{**rows.iloc[0].to_dict(), "pixel_0_3": "dark"}]},
+                   "application/json", 422, "pixel_0_3"),
+    "NaN": (_nan_row, "application/json", 422, "pixel_0_1"),
+    "Inf": (lambda rows: {"instances": [{**rows.iloc[0].to_dict(), "pixel_0_2": math.inf}]},
+            "application/json", 422, "pixel_0_2"),
+    "too many rows": (lambda rows: {"instances": rows.sample(101, replace=True, random_state=1)
+                                    .to_dict(orient="records")}, "application/json", 422, "101"),
+    "body over the limit": (b'{"instances": [' + b" " * 300_000 + b"]}", "application/json", 413, None),
+    "unsupported content type": (b"instances=1", "application/x-www-form-urlencoded", 415, None),
+    "pickled body": (b"\x80\x04\x95", "application/octet-stream", 415, None),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_input_gets_a_json_4xx_and_the_server_keeps_serving(case: str, client: httpx.Client,
+                                                                rows: pd.DataFrame, offline: list[int]) -> None:
+    body, content_type, status, mention = BAD[case]
+    content = body if isinstance(body, bytes) else json.dumps(body(rows)).encode()
+    answer = client.post(f"/v1/models/{MODEL}/predict", content=content, headers={"content-type": content_type})
+    assert answer.status_code == status, answer.text
+    error = answer.json()
+    assert set(error) == {"error", "detail"}
+    if mention:
+        assert mention in json.dumps(error)
+    assert client.get("/readyz").status_code == 200
+    again = client.post(f"/v1/models/{MODEL}/predict", json={"instances": rows.head(2).to_dict(orient="records")})
+    assert [p["prediction"] for p in again.json()["predictions"]] == offline[:2]
+
+
+def test_unknown_model_name_is_404(client: httpx.Client, rows: pd.DataFrame) -> None:
+    answer = client.post("/v1/models/other/predict", json={"instances": rows.head(1).to_dict(orient="records")})
+    assert answer.status_code == 404 and answer.json()["detail"] == {"served": MODEL}
+
+
+def test_api_keys(endpoints: dict[str, rayline.Endpoint], rows: pd.DataFrame, offline: list[int]) -> None:
+    body = {"instances": rows.head(3).to_dict(orient="records")}
+    with httpx.Client(base_url=endpoints["secure"].url, timeout=60) as http:
+        missing = http.post(f"/v1/models/{MODEL}/predict", json=body)
+        assert missing.status_code == 401 and missing.headers["www-authenticate"] == "Bearer"
+        wrong = http.post(f"/v1/models/{MODEL}/predict", json=body, headers={"Authorization": "Bearer nope"})
+        assert wrong.status_code == 401
+        good = http.post(f"/v1/models/{MODEL}/predict", json=body, headers={"Authorization": f"Bearer {API_KEY}"})
+        assert good.status_code == 200
+        assert [p["prediction"] for p in good.json()["predictions"]] == offline[:3]
+        assert http.get("/healthz").status_code == 200  # health stays open
+    keyed = rayline.Endpoint(endpoints["secure"].name, endpoints["secure"].url, MODEL, api_key=API_KEY)
+    assert [p["prediction"] for p in keyed.predict(rows.head(3))["predictions"]] == offline[:3]
