@@ -18,6 +18,11 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/rayline run pipelines/digits.yaml
+	$(BIN)/rayline serve serving/digits.yaml
+	@echo "[demo] POST /v1/models/digits/predict with serving/digits-request.json (an image of a 7):"
+	curl -sS --fail-with-body -X POST http://127.0.0.1:8000/v1/models/digits/predict \
+	  -H 'Content-Type: application/json' --data @serving/digits-request.json
+	@echo
 
 test: $(STAMP)
 	$(BIN)/ruff check .
