@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import threading
+import time
 from collections.abc import Iterator
 
 import httpx
@@ -38,7 +40,8 @@ def endpoints(platform: rayline.Platform, registered: rayline.PipelineResult,
     port = free_port()
     monkeypatch_module.setenv("SERVE_TEST_KEYS", f"other-key,{API_KEY}")
     common = {"model": f"models:/{MODEL}@champion", "port": port, "max_rows": 100, "max_body_bytes": 200_000,
-              "autoscaling": {"min_replicas": 1, "max_replicas": 1}, "resources": {"num_cpus": 0.5}}
+              "autoscaling": {"min_replicas": 1, "max_replicas": 1}, "resources": {"num_cpus": 0.5},
+              "reload_interval_s": 1.0}
     open_spec = rayline.ServiceSpec(name="open", route_prefix="/", **common)
     secure_spec = rayline.ServiceSpec(name="secure", route_prefix="/secure",
                                       auth={"api_keys_env": "SERVE_TEST_KEYS"}, **common)
@@ -167,3 +170,51 @@ def test_api_keys(endpoints: dict[str, rayline.Endpoint], rows: pd.DataFrame, of
         assert http.get("/healthz").status_code == 200  # health stays open
     keyed = rayline.Endpoint(endpoints["secure"].name, endpoints["secure"].url, MODEL, api_key=API_KEY)
     assert [p["prediction"] for p in keyed.predict(rows.head(3))["predictions"]] == offline[:3]
+
+
+def _poll(condition, deadline_s: float, what: str) -> None:
+    end = time.monotonic() + deadline_s
+    while not condition():
+        assert time.monotonic() < end, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+def test_hot_swap_under_load_drops_no_request(endpoints: dict[str, rayline.Endpoint], platform: rayline.Platform,
+                                              registered: rayline.PipelineResult, rows: pd.DataFrame) -> None:
+    """Runs last in this module: it moves the alias, then rolls it back."""
+    second = rayline.run(PIPELINES / "digits.yaml", {
+        "model": {"name": "mlp", "params": {"hidden": [16]}}, "train.epochs": 1, "train.lr": 1e-4,
+        "train.scaling.num_workers": 1, "tracking.experiment": MODEL, "tracking.model_name": MODEL,
+    }, ray_address=platform.ray_address, tracking_uri=platform.tracking_uri, storage_uri=platform.storage_uri)
+    assert not second.promotion.promoted
+    statuses: list[int] = []
+    versions: list[str] = []
+    stop = threading.Event()
+    body = {"instances": rows.head(4).to_dict(orient="records")}
+
+    def load() -> None:
+        with httpx.Client(base_url=endpoints["open"].url, timeout=60) as http:
+            while not stop.is_set():
+                answer = http.post(f"/v1/models/{MODEL}/predict", json=body)
+                statuses.append(answer.status_code)
+                if answer.status_code == 200:
+                    versions.append(answer.json()["model_version"])
+
+    workers = [threading.Thread(target=load) for _ in range(4)]
+    for worker in workers:
+        worker.start()
+    try:
+        _poll(lambda: len(versions) >= 20, 60, "answers before the swap")
+        assert rayline.promote(MODEL, second.model_version, tracking_uri=platform.tracking_uri) \
+            == registered.model_version
+        _poll(lambda: versions[-1] == second.model_version, 90, "the new version to answer")
+        _poll(lambda: versions.count(second.model_version) >= 20, 60, "answers after the swap")
+    finally:
+        stop.set()
+        for worker in workers:
+            worker.join()
+    assert set(statuses) == {200}, f"{len([s for s in statuses if s != 200])} of {len(statuses)} failed"
+    assert versions[0] == registered.model_version
+    assert rayline.rollback(MODEL, tracking_uri=platform.tracking_uri) == registered.model_version
+    endpoint = endpoints["open"]
+    _poll(lambda: endpoint.predict(rows.head(1))["model_version"] == registered.model_version, 90, "the rollback")

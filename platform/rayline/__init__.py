@@ -29,7 +29,7 @@ from rayline.pipeline import run as _run_pipeline
 from rayline.serve import Endpoint
 from rayline.serve import deploy as _deploy
 from rayline.spec import Overrides, PipelineSpec, ServiceSpec, load_service_spec, load_spec
-from rayline.tracking import PromotionDecision
+from rayline.tracking import PromotionDecision, move_alias, rollback_alias
 
 __version__ = "0.1.0"
 
@@ -69,6 +69,20 @@ def serve(
     return _deploy(loaded, connect(ray_address, tracking_uri, None, state_dir))
 
 
+def promote(name: str, version: str | int, alias: str = "champion", *, tracking_uri: str | None = None,
+            state_dir: str | Path = DEFAULT_STATE_DIR) -> str | None:
+    """Point ``name@alias`` at ``version`` (running endpoints swap to it); return the previous holder."""
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or _up(state_dir).tracking_uri
+    return move_alias(uri, name, alias, str(version))
+
+
+def rollback(name: str, alias: str = "champion", *, tracking_uri: str | None = None,
+             state_dir: str | Path = DEFAULT_STATE_DIR) -> str:
+    """Move ``name@alias`` back to the version that held it before; return that version."""
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or _up(state_dir).tracking_uri
+    return rollback_alias(uri, name, alias)
+
+
 def up(state_dir: str | Path = DEFAULT_STATE_DIR, num_cpus: int | None = None) -> Platform:
     """Start (or reuse) the embedded local platform: Ray head + MLflow server on 127.0.0.1."""
     return _up(state_dir, num_cpus)
@@ -97,6 +111,8 @@ __all__ = [
     "down",
     "load_service_spec",
     "load_spec",
+    "promote",
+    "rollback",
     "run",
     "serve",
     "status",

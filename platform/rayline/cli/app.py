@@ -123,6 +123,40 @@ def serve_command(
     typer.echo(f"  docs      {endpoint.url}/docs")
 
 
+TrackingUri = Annotated[str | None, typer.Option(envvar="MLFLOW_TRACKING_URI", help="existing MLflow server")]
+
+
+@app.command()
+def promote(
+    name: Annotated[str, typer.Argument(help="registered model name")],
+    version: Annotated[int, typer.Option(help="the version to point the alias at")],
+    alias: Annotated[str, typer.Option(help="the alias to move")] = "champion",
+    tracking_uri: TrackingUri = None,
+    state_dir: StateDir = Path(DEFAULT_STATE_DIR),
+) -> None:
+    """Move an alias to a version; endpoints serving that alias swap to it without dropping requests."""
+    try:
+        previous = rayline.promote(name, version, alias, tracking_uri=tracking_uri, state_dir=state_dir)
+    except Exception as err:  # MLflow says which version or model is missing
+        raise _fail(err, 1) from None
+    typer.echo(f"{name}@{alias}: version {previous or '-'} -> {version}")
+
+
+@app.command()
+def rollback(
+    name: Annotated[str, typer.Argument(help="registered model name")],
+    alias: Annotated[str, typer.Option(help="the alias to move back")] = "champion",
+    tracking_uri: TrackingUri = None,
+    state_dir: StateDir = Path(DEFAULT_STATE_DIR),
+) -> None:
+    """Move an alias back to the version that held it before."""
+    try:
+        version = rayline.rollback(name, alias, tracking_uri=tracking_uri, state_dir=state_dir)
+    except Exception as err:
+        raise _fail(err, 1) from None
+    typer.echo(f"{name}@{alias} -> version {version}")
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

@@ -18,7 +18,7 @@ from ray import serve
 
 from rayline.serve.auth import authorized
 from rayline.serve.errors import InputError
-from rayline.serve.model_source import LoadedModel, load_version, resolve_version
+from rayline.serve.model_source import AliasWatcher, LoadedModel
 from rayline.serve.payloads import InferRequest, frame_from_infer, frame_from_scoring, infer_outputs
 
 OIP_TYPES = {"double": "FP64", "float": "FP32", "long": "INT64", "integer": "INT32", "string": "BYTES",
@@ -46,24 +46,29 @@ class ModelServer:
     """One replica: loads the packaged model once, validates, batches and answers."""
 
     def __init__(self, model_uri: str, tracking_uri: str, key_digests: list[str], max_rows: int,
-                 max_body_bytes: int, max_batch_size: int, batch_wait_timeout_s: float) -> None:
-        from mlflow import MlflowClient
-
-        name, version = resolve_version(MlflowClient(tracking_uri), model_uri)
-        self.loaded: LoadedModel = load_version(tracking_uri, name, version, max_rows)
+                 max_body_bytes: int, max_batch_size: int, batch_wait_timeout_s: float,
+                 reload_interval_s: float) -> None:
+        self.watcher = AliasWatcher(model_uri, tracking_uri, max_rows, reload_interval_s)
         self.key_digests = key_digests
         self.max_body_bytes = max_body_bytes
         self._predict_batch.set_max_batch_size(max_batch_size)
         self._predict_batch.set_batch_wait_timeout_s(batch_wait_timeout_s)
 
+    @property
+    def loaded(self) -> LoadedModel:
+        """The model version answering now (swapped atomically when the alias moves)."""
+        return self.watcher.current
+
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
-    async def _predict_batch(self, frames: list[pd.DataFrame]) -> list[pd.DataFrame]:
+    async def _predict_batch(self, frames: list[pd.DataFrame]) -> list[tuple[str, pd.DataFrame]]:
+        loaded = self.loaded  # one version answers the whole batch
         rows = pd.concat(frames, ignore_index=True)
-        predictions = await asyncio.to_thread(self.loaded.model.predict, rows)
+        predictions = await asyncio.to_thread(loaded.model.predict, rows)
         bounds = [0]
         for frame in frames:
             bounds.append(bounds[-1] + len(frame))
-        return [predictions.iloc[start:end].reset_index(drop=True) for start, end in itertools.pairwise(bounds)]
+        return [(loaded.version, predictions.iloc[start:end].reset_index(drop=True))
+                for start, end in itertools.pairwise(bounds)]
 
     async def _body(self, request: Request) -> bytes:
         if not authorized(request.headers.get("authorization"), self.key_digests):
@@ -81,7 +86,7 @@ class ModelServer:
                 raise InputError(413, f"body over {self.max_body_bytes} bytes")
         return bytes(body)
 
-    async def _scoring(self, request: Request) -> pd.DataFrame:
+    async def _scoring(self, request: Request) -> tuple[str, pd.DataFrame]:
         try:
             payload = json.loads(await self._body(request))
         except json.JSONDecodeError as err:
@@ -97,14 +102,14 @@ class ModelServer:
     async def predict(self, name: str, request: Request) -> dict[str, Any]:
         """``{"instances": [...]}`` or ``{"inputs": {column: [...]}}`` → predictions and the answering version."""
         self._check_name(name)
-        predictions = await self._scoring(request)
-        return {"model_name": self.loaded.name, "model_version": self.loaded.version,
+        version, predictions = await self._scoring(request)
+        return {"model_name": self.loaded.name, "model_version": version,
                 "predictions": predictions.to_dict(orient="records")}
 
     @api.post("/invocations")
     async def invocations(self, request: Request) -> dict[str, Any]:
         """MLflow's scoring protocol (``dataframe_split``, ``dataframe_records``, ``instances``, ``inputs``)."""
-        predictions = await self._scoring(request)
+        _, predictions = await self._scoring(request)
         return {"predictions": predictions.to_dict(orient="records")}
 
     @api.post("/v2/models/{name}/infer")
@@ -116,9 +121,9 @@ class ModelServer:
         except ValidationError as err:
             raise InputError(422, "invalid inference request", json.loads(err.json(include_url=False))) from None
         frame = self.loaded.schema.check(frame_from_infer(infer_request))
-        predictions = await self._predict_batch(frame)
+        version, predictions = await self._predict_batch(frame)
         outputs = [output.model_dump() for output in infer_outputs(predictions)]
-        return {"model_name": self.loaded.name, "model_version": self.loaded.version, "id": infer_request.id,
+        return {"model_name": self.loaded.name, "model_version": version, "id": infer_request.id,
                 "outputs": outputs}
 
     @api.get("/v2/models/{name}")

@@ -51,7 +51,7 @@ def build_app(spec: ServiceSpec, tracking_uri: str) -> Application:
         ray_actor_options={"num_cpus": spec.resources.num_cpus, "num_gpus": spec.resources.num_gpus},
     ).bind(
         spec.model, tracking_uri, load_key_digests(spec.auth), spec.max_rows, spec.max_body_bytes,
-        spec.batching.max_batch_size, spec.batching.batch_wait_timeout_s,
+        spec.batching.max_batch_size, spec.batching.batch_wait_timeout_s, spec.reload_interval_s,
     )
 
 

@@ -65,6 +65,8 @@ class ServiceSpec(Strict):
     auth: AuthSpec = AuthSpec()
     max_body_bytes: int = Field(1_048_576, ge=1, description="larger bodies get 413 before they are parsed")
     max_rows: int = Field(1024, ge=1, description="rows per request")
+    reload_interval_s: float = Field(
+        10.0, ge=0.0, description="how often replicas check the alias and hot-swap to its new version (0: never)")
 
     @model_validator(mode="after")
     def _model_uri(self) -> ServiceSpec:

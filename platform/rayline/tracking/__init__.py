@@ -2,7 +2,14 @@
 
 from rayline.tracking.metrics import log_metrics
 from rayline.tracking.models import log_pyfunc
-from rayline.tracking.registry import PROMOTION_TAG, PromotionDecision, promote_if_better, register
+from rayline.tracking.registry import (
+    PROMOTION_TAG,
+    PromotionDecision,
+    move_alias,
+    promote_if_better,
+    register,
+    rollback_alias,
+)
 from rayline.tracking.runs import (
     cost_metrics,
     end_run,
@@ -24,7 +31,9 @@ __all__ = [
     "log_params",
     "log_pyfunc",
     "log_text",
+    "move_alias",
     "promote_if_better",
     "register",
+    "rollback_alias",
     "start_run",
 ]

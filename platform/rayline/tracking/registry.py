@@ -28,6 +28,43 @@ def register(tracking_uri: str, model_uri: str, name: str) -> str:
     return mlflow.register_model(model_uri, name).version
 
 
+def _history_tag(alias: str) -> str:
+    return f"rayline.alias_history.{alias}"
+
+
+def move_alias(tracking_uri: str, name: str, alias: str, version: str) -> str | None:
+    """Point ``alias`` at ``version``, remembering the holders it had (for :func:`rollback_alias`).
+
+    Returns the version that held the alias before, if any.
+    """
+    client = MlflowClient(tracking_uri)
+    client.get_model_version(name, version)  # raises if the version does not exist
+    history = _history(client, name, alias)
+    previous = history[-1] if history else None
+    if previous != version:
+        history.append(version)
+    client.set_registered_model_tag(name, _history_tag(alias), ",".join(history[-50:]))
+    client.set_registered_model_alias(name, alias, version)
+    return previous
+
+
+def rollback_alias(tracking_uri: str, name: str, alias: str) -> str:
+    """Move ``alias`` back to the version that held it before the current one; return that version."""
+    client = MlflowClient(tracking_uri)
+    history = _history(client, name, alias)
+    if len(history) < 2:
+        raise ValueError(f"{name}@{alias} has no earlier version to roll back to")
+    history.pop()
+    client.set_registered_model_tag(name, _history_tag(alias), ",".join(history))
+    client.set_registered_model_alias(name, alias, history[-1])
+    return history[-1]
+
+
+def _history(client: MlflowClient, name: str, alias: str) -> list[str]:
+    tag = client.get_registered_model(name).tags.get(_history_tag(alias), "")
+    return [v for v in tag.split(",") if v]
+
+
 def _beats(new: float, old: float, mode: str) -> bool:
     if math.isnan(new):
         return False
@@ -60,7 +97,7 @@ def promote_if_better(tracking_uri: str, name: str, version: str, alias: str, me
             f"{comparison}",
         )
     if decision.promoted:
-        client.set_registered_model_alias(name, alias, version)
+        move_alias(tracking_uri, name, alias, version)
     client.set_model_version_tag(name, version, PROMOTION_TAG, decision.reason)
     run_id = client.get_model_version(name, version).run_id
     if run_id:
