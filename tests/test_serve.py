@@ -15,7 +15,7 @@ import pytest
 from sklearn.datasets import load_digits
 
 import rayline
-from conftest import PIPELINES
+from conftest import PIPELINES, run_cli
 from rayline.cluster.processes import free_port
 
 MODEL = "serve-test"
@@ -170,6 +170,22 @@ def test_api_keys(endpoints: dict[str, rayline.Endpoint], rows: pd.DataFrame, of
         assert http.get("/healthz").status_code == 200  # health stays open
     keyed = rayline.Endpoint(endpoints["secure"].name, endpoints["secure"].url, MODEL, api_key=API_KEY)
     assert [p["prediction"] for p in keyed.predict(rows.head(3))["predictions"]] == offline[:3]
+
+
+def test_batch_inference_matches_offline(platform: rayline.Platform, state_dir, registered, rows: pd.DataFrame,
+                                         offline: list[int], tmp_path) -> None:
+    rows.to_parquet(tmp_path / "rows.parquet")
+    done = run_cli("predict", "--model", f"models:/{MODEL}/{registered.model_version}",
+                   "--input", str(tmp_path / "rows.parquet"), "--output", str(tmp_path / "out"), state_dir=state_dir)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"{len(rows)} predictions by {MODEL} version {registered.model_version}" in done.stdout
+    written = pd.read_parquet(tmp_path / "out")
+    assert len(written) == len(rows)
+    # Ray Data may reorder blocks: match rows on their pixels.
+    key = list(rows.columns)
+    merged = rows.assign(expected=offline).merge(written, on=key, how="inner")
+    assert len(merged) == len(rows)
+    assert (merged["prediction"].astype(int) == merged["expected"]).all()
 
 
 def _poll(condition, deadline_s: float, what: str) -> None:

@@ -11,6 +11,7 @@ import typer
 import rayline
 from rayline.cluster import DEFAULT_STATE_DIR
 from rayline.errors import RaylineError, SpecError
+from rayline.serve.batch import predict_batch
 from rayline.serve.deploy import deploy as serve_deploy
 from rayline.serve.deploy import shutdown as serve_shutdown
 from rayline.serve.deploy import status as serve_status
@@ -19,6 +20,9 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, help="Ray Data →
 
 StateDir = Annotated[Path, typer.Option("--state-dir", envvar="RAYLINE_STATE_DIR",
                                         help="where the embedded platform keeps its state")]
+
+
+TrackingUri = Annotated[str | None, typer.Option(envvar="MLFLOW_TRACKING_URI", help="existing MLflow server")]
 
 
 def _stage(stage: str, message: str) -> None:
@@ -123,7 +127,23 @@ def serve_command(
     typer.echo(f"  docs      {endpoint.url}/docs")
 
 
-TrackingUri = Annotated[str | None, typer.Option(envvar="MLFLOW_TRACKING_URI", help="existing MLflow server")]
+@app.command()
+def predict(
+    model: Annotated[str, typer.Option(help="models:/name@alias or models:/name/version")],
+    input_uri: Annotated[str, typer.Option("--input", help="CSV or Parquet file, directory or URI")],
+    output_uri: Annotated[str, typer.Option("--output", help="Parquet output directory or URI")],
+    actors: Annotated[int, typer.Option(help="model replicas (Ray Data actors)")] = 1,
+    ray_address: Annotated[str | None, typer.Option(envvar="RAY_ADDRESS", help="existing Ray cluster")] = None,
+    tracking_uri: TrackingUri = None,
+    state_dir: StateDir = Path(DEFAULT_STATE_DIR),
+) -> None:
+    """Batch inference: the packaged model over a dataset with Ray Data, written as Parquet."""
+    platform = rayline.connect(ray_address, tracking_uri, None, state_dir)
+    try:
+        done = predict_batch(platform, model, input_uri, output_uri, actors=actors)
+    except RaylineError as err:
+        raise _fail(err, 2 if isinstance(err, SpecError) else 1) from None
+    typer.echo(f"{done.rows} predictions by {done.model_name} version {done.model_version} -> {done.output}")
 
 
 @app.command()

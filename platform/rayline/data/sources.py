@@ -45,7 +45,7 @@ def read_source(data: DataSpec, storage_uri: str) -> tuple[ray.data.Dataset, Sou
         raise SpecError(f"unknown bundled dataset {source!r}; bundled: {sorted(BUNDLED)}", field="data.source")
     if source.startswith("synthetic://"):
         return _read_synthetic(source, storage_uri)
-    return _read_files(source, data.format)
+    return read_files(source, data.format)
 
 
 def _read_bundled(source: str) -> tuple[ray.data.Dataset, SourceInfo]:
@@ -58,19 +58,20 @@ def _read_bundled(source: str) -> tuple[ray.data.Dataset, SourceInfo]:
     return ray.data.from_arrow(table), SourceInfo(name=source.split(":", 1)[1], uri=source, digest=digest)
 
 
-def _read_files(source: str, fmt: str) -> tuple[ray.data.Dataset, SourceInfo]:
+def read_files(source: str, fmt: str = "auto", field: str = "data.source") -> tuple[ray.data.Dataset, SourceInfo]:
+    """A CSV or Parquet file, directory or URI as a Ray Dataset; errors name ``field``."""
     try:
         filesystem, path = pafs.FileSystem.from_uri(source if "://" in source else os.path.abspath(source))
         info = filesystem.get_file_info(path)
     except (pa.ArrowInvalid, OSError) as err:
-        raise SpecError(f"cannot open {source!r}: {err}", field="data.source") from None
+        raise SpecError(f"cannot open {source!r}: {err}", field=field) from None
     if info.type == pafs.FileType.NotFound:
-        raise SpecError(f"data file not found: {source}", field="data.source")
+        raise SpecError(f"data file not found: {source}", field=field)
     if fmt == "auto":
         suffix = os.path.splitext(path)[1].lower()
         fmt = "csv" if suffix == ".csv" else "parquet" if suffix in {".parquet", ".pq", ""} else ""
         if not fmt:
-            raise SpecError(f"cannot tell the format of {source!r}: set data.format", field="data.format")
+            raise SpecError(f"cannot tell the format of {source!r} (.csv or .parquet)", field=field)
     dataset = ray.data.read_csv(source) if fmt == "csv" else ray.data.read_parquet(source)
     stamp = json.dumps([source, info.size, info.mtime_ns]).encode()
     name = os.path.basename(path.rstrip("/")) or source
