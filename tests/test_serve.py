@@ -188,6 +188,28 @@ def test_batch_inference_matches_offline(platform: rayline.Platform, state_dir, 
     assert (merged["prediction"].astype(int) == merged["expected"]).all()
 
 
+def test_metrics_per_version_reach_prometheus(client: httpx.Client, rows: pd.DataFrame, registered) -> None:
+    """Earlier tests sent good and bad requests; Ray's metrics endpoint must show both, tagged by version."""
+    import ray
+
+    client.post(f"/v1/models/{MODEL}/predict", content=b"{", headers={"content-type": "application/json"})
+    client.post(f"/v1/models/{MODEL}/predict", json={"instances": rows.head(1).to_dict(orient="records")})
+    port = next(node["MetricsExportPort"] for node in ray.nodes() if node["Alive"])
+    version = f'version="{registered.model_version}"'
+    scraped: list[str] = []
+
+    def exported() -> bool:
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+        scraped[:] = [line for line in text.splitlines() if line.startswith("ray_rayline_") and version in line]
+        names = " ".join(scraped)
+        return all(n in names for n in ("rayline_requests", "rayline_rejected_inputs", "rayline_batch_rows",
+                                        "rayline_request_latency_ms"))
+
+    _poll(exported, 90, "rayline metrics at Ray's metrics endpoint")
+    assert any("rayline_rejected_inputs" in line and 'status="400"' in line for line in scraped)
+    assert any("rayline_requests" in line and 'route="v1"' in line and 'status="200"' in line for line in scraped)
+
+
 def _poll(condition, deadline_s: float, what: str) -> None:
     end = time.monotonic() + deadline_s
     while not condition():

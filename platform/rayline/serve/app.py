@@ -18,6 +18,7 @@ from ray import serve
 
 from rayline.serve.auth import authorized
 from rayline.serve.errors import InputError
+from rayline.serve.metrics import EndpointMetrics
 from rayline.serve.model_source import AliasWatcher, LoadedModel
 from rayline.serve.payloads import InferRequest, frame_from_infer, frame_from_scoring, infer_outputs
 
@@ -49,6 +50,7 @@ class ModelServer:
                  max_body_bytes: int, max_batch_size: int, batch_wait_timeout_s: float,
                  reload_interval_s: float) -> None:
         self.watcher = AliasWatcher(model_uri, tracking_uri, max_rows, reload_interval_s)
+        self.metrics = EndpointMetrics(self.loaded.name, lambda: self.loaded.version)
         self.key_digests = key_digests
         self.max_body_bytes = max_body_bytes
         self._predict_batch.set_max_batch_size(max_batch_size)
@@ -63,6 +65,7 @@ class ModelServer:
     async def _predict_batch(self, frames: list[pd.DataFrame]) -> list[tuple[str, pd.DataFrame]]:
         loaded = self.loaded  # one version answers the whole batch
         rows = pd.concat(frames, ignore_index=True)
+        self.metrics.batch(len(rows), loaded.version)
         predictions = await asyncio.to_thread(loaded.model.predict, rows)
         bounds = [0]
         for frame in frames:
@@ -101,27 +104,30 @@ class ModelServer:
     @api.post("/v1/models/{name}/predict")
     async def predict(self, name: str, request: Request) -> dict[str, Any]:
         """``{"instances": [...]}`` or ``{"inputs": {column: [...]}}`` → predictions and the answering version."""
-        self._check_name(name)
-        version, predictions = await self._scoring(request)
+        with self.metrics.measure("v1"):
+            self._check_name(name)
+            version, predictions = await self._scoring(request)
         return {"model_name": self.loaded.name, "model_version": version,
                 "predictions": predictions.to_dict(orient="records")}
 
     @api.post("/invocations")
     async def invocations(self, request: Request) -> dict[str, Any]:
         """MLflow's scoring protocol (``dataframe_split``, ``dataframe_records``, ``instances``, ``inputs``)."""
-        _, predictions = await self._scoring(request)
+        with self.metrics.measure("invocations"):
+            _, predictions = await self._scoring(request)
         return {"predictions": predictions.to_dict(orient="records")}
 
     @api.post("/v2/models/{name}/infer")
     async def infer(self, name: str, request: Request) -> dict[str, Any]:
         """Open Inference Protocol v2 inference: one input tensor per column."""
-        self._check_name(name)
-        try:
-            infer_request = InferRequest.model_validate_json(await self._body(request))
-        except ValidationError as err:
-            raise InputError(422, "invalid inference request", json.loads(err.json(include_url=False))) from None
-        frame = self.loaded.schema.check(frame_from_infer(infer_request))
-        version, predictions = await self._predict_batch(frame)
+        with self.metrics.measure("v2"):
+            self._check_name(name)
+            try:
+                infer_request = InferRequest.model_validate_json(await self._body(request))
+            except ValidationError as err:
+                raise InputError(422, "invalid inference request", json.loads(err.json(include_url=False))) from None
+            frame = self.loaded.schema.check(frame_from_infer(infer_request))
+            version, predictions = await self._predict_batch(frame)
         outputs = [output.model_dump() for output in infer_outputs(predictions)]
         return {"model_name": self.loaded.name, "model_version": version, "id": infer_request.id,
                 "outputs": outputs}

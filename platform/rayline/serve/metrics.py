@@ -1,0 +1,58 @@
+"""Per-version request metrics through ``ray.serve.metrics`` (Prometheus, at Ray's metrics endpoint)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+from ray.serve import metrics
+
+from rayline.serve.errors import InputError
+
+LATENCY_MS = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000]
+BATCH_SIZES = [1, 2, 4, 8, 16, 32, 64, 128, 256]
+
+
+class EndpointMetrics:
+    """Requests, latency, errors, rejected inputs and batch sizes, tagged with model and version."""
+
+    def __init__(self, model: str, version: Callable[[], str]) -> None:
+        self.model = model
+        self.version = version
+        tags = ("model", "version", "route", "status")
+        self.requests = metrics.Counter("rayline_requests", "Requests answered", tag_keys=tags)
+        self.latency = metrics.Histogram("rayline_request_latency_ms", "Request latency (ms)", LATENCY_MS,
+                                         tag_keys=("model", "version", "route"))
+        self.rejected = metrics.Counter("rayline_rejected_inputs", "Requests refused with a 4xx",
+                                        tag_keys=("model", "version", "route", "status"))
+        self.errors = metrics.Counter("rayline_errors", "Requests that failed with a 5xx",
+                                      tag_keys=("model", "version", "route"))
+        self.batch_size = metrics.Histogram("rayline_batch_rows", "Rows per model forward pass", BATCH_SIZES,
+                                            tag_keys=("model", "version"))
+
+    def _tags(self, **extra: str) -> dict[str, str]:
+        return {"model": self.model, "version": self.version(), **extra}
+
+    @contextmanager
+    def measure(self, route: str) -> Iterator[None]:
+        """Count and time one request on ``route``; 4xx and 5xx are counted apart."""
+        started = time.perf_counter()
+        status = "200"
+        try:
+            yield
+        except InputError as error:
+            status = str(error.status)
+            self.rejected.inc(tags=self._tags(route=route, status=status))
+            raise
+        except Exception:
+            status = "500"
+            self.errors.inc(tags=self._tags(route=route))
+            raise
+        finally:
+            self.requests.inc(tags=self._tags(route=route, status=status))
+            self.latency.observe((time.perf_counter() - started) * 1000, tags=self._tags(route=route))
+
+    def batch(self, rows: int, version: str) -> None:
+        """Record one forward pass over ``rows`` rows."""
+        self.batch_size.observe(rows, tags={"model": self.model, "version": version})
