@@ -14,6 +14,7 @@ import pytest
 TESTS = Path(__file__).parent
 ROOT = TESTS.parent
 PIPELINES = ROOT / "pipelines"
+SERVE_MODEL = "serve-test"
 
 # Train workers import user models from tests/ (e.g. fault_models:CrashOnceMLP): Ray's processes inherit this.
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")]))
@@ -49,6 +50,15 @@ def mlflow_client(platform: rayline.Platform):
     from mlflow import MlflowClient
 
     return MlflowClient(platform.tracking_uri)
+
+
+@pytest.fixture(scope="session")
+def small_model(platform: rayline.Platform) -> rayline.PipelineResult:
+    """A small digits model (1 worker, 3 epochs), the champion of ``serve-test``: what the serving tests serve."""
+    return rayline.run(PIPELINES / "digits.yaml", {
+        "model": {"name": "mlp", "params": {"hidden": [64]}}, "train.epochs": 3, "train.scaling.num_workers": 1,
+        "tracking.experiment": SERVE_MODEL, "tracking.model_name": SERVE_MODEL,
+    }, ray_address=platform.ray_address, tracking_uri=platform.tracking_uri, storage_uri=platform.storage_uri)
 
 
 @pytest.fixture

@@ -16,19 +16,15 @@ from sklearn.datasets import load_digits
 
 import rayline
 from conftest import PIPELINES, run_cli
+from conftest import SERVE_MODEL as MODEL
 from rayline.cluster.processes import free_port
 
-MODEL = "serve-test"
 API_KEY = "s3cret-test-key"
 
 
 @pytest.fixture(scope="module")
-def registered(platform: rayline.Platform) -> rayline.PipelineResult:
-    """A small digits model (1 worker, 3 epochs) registered as the champion of ``serve-test``."""
-    return rayline.run(PIPELINES / "digits.yaml", {
-        "model": {"name": "mlp", "params": {"hidden": [64]}}, "train.epochs": 3, "train.scaling.num_workers": 1,
-        "tracking.experiment": MODEL, "tracking.model_name": MODEL,
-    }, ray_address=platform.ray_address, tracking_uri=platform.tracking_uri, storage_uri=platform.storage_uri)
+def registered(small_model: rayline.PipelineResult) -> rayline.PipelineResult:
+    return small_model
 
 
 @pytest.fixture(scope="module")
@@ -109,6 +105,23 @@ def test_open_inference_protocol_v2(client: httpx.Client, rows: pd.DataFrame, of
     assert body["id"] == "r1"
     prediction = next(o for o in body["outputs"] if o["name"] == "prediction")
     assert [int(v) for v in prediction["data"]] == offline
+
+
+def test_tritonclient_speaks_v2_to_the_endpoint(endpoints: dict[str, rayline.Endpoint], rows: pd.DataFrame,
+                                               offline: list[int]) -> None:
+    import numpy as np
+    import tritonclient.http as triton
+
+    client = triton.InferenceServerClient(url=endpoints["open"].url.removeprefix("http://"))
+    assert client.is_server_live() and client.is_server_ready() and client.is_model_ready(MODEL)
+    assert [i["name"] for i in client.get_model_metadata(MODEL)["inputs"]] == list(rows.columns)
+    inputs = []
+    for column in rows.columns:
+        tensor = triton.InferInput(column, [len(rows)], "FP64")
+        tensor.set_data_from_numpy(rows[column].to_numpy(np.float64), binary_data=False)
+        inputs.append(tensor)
+    result = client.infer(MODEL, inputs, outputs=[triton.InferRequestedOutput("prediction", binary_data=False)])
+    assert [int(v) for v in result.as_numpy("prediction")] == offline
 
 
 def _nan_row(rows: pd.DataFrame) -> dict:

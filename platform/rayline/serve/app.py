@@ -73,11 +73,16 @@ class ModelServer:
         return [(loaded.version, predictions.iloc[start:end].reset_index(drop=True))
                 for start, end in itertools.pairwise(bounds)]
 
-    async def _body(self, request: Request) -> bytes:
+    async def _body(self, request: Request, untyped_json: bool = False) -> bytes:
+        """The raw body after auth, content-type and size checks. ``untyped_json``: a body without a
+        content type is read as JSON (OIP v2 clients such as tritonclient send none)."""
         if not authorized(request.headers.get("authorization"), self.key_digests):
             raise InputError(401, "missing or invalid API key")
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if content_type != "application/json":
+        if "inference-header-content-length" in request.headers:
+            raise InputError(415, "the binary tensor extension is not supported: send JSON tensors "
+                             "(tritonclient: binary_data=False)")
+        if content_type != "application/json" and not (untyped_json and not content_type):
             raise InputError(415, "send the body as application/json", {"content_type": content_type or None})
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > self.max_body_bytes:
@@ -123,7 +128,7 @@ class ModelServer:
         with self.metrics.measure("v2"):
             self._check_name(name)
             try:
-                infer_request = InferRequest.model_validate_json(await self._body(request))
+                infer_request = InferRequest.model_validate_json(await self._body(request, untyped_json=True))
             except ValidationError as err:
                 raise InputError(422, "invalid inference request", json.loads(err.json(include_url=False))) from None
             frame = self.loaded.schema.check(frame_from_infer(infer_request))

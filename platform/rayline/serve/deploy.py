@@ -59,7 +59,7 @@ def deploy(spec: ServiceSpec, platform: Platform) -> Endpoint:
     """Deploy (or update) ``spec`` on the platform's cluster and wait until it is healthy."""
     platform.init_ray()
     app = build_app(spec, platform.tracking_uri)
-    serve.start(http_options={"host": spec.host, "port": spec.port})
+    serve.start(http_options={"host": spec.host, "port": spec.port, "request_timeout_s": spec.request_timeout_s})
     serve.run(app, name=spec.name, route_prefix=spec.route_prefix, blocking=False)
     base = f"http://{spec.host}:{spec.port}{spec.route_prefix.rstrip('/')}"
     return Endpoint(name=spec.name, url=base or "/", model_name=spec.model_name)

@@ -57,6 +57,8 @@ class ServiceSpec(Strict):
     route_prefix: str = Field("/", pattern=r"^/")
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
+    request_timeout_s: float = Field(
+        60.0, gt=0.0, description="longest a request may take end to end, a cold start from zero replicas included")
     autoscaling: AutoscalingSpec = AutoscalingSpec()
     max_ongoing_requests: int = Field(64, ge=1, description="concurrent requests per replica")
     max_queued_requests: int = Field(256, ge=1, description="beyond this, requests get 503 instead of waiting")
