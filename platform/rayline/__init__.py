@@ -28,7 +28,7 @@ from rayline.pipeline import PipelineResult, Progress
 from rayline.pipeline import run as _run_pipeline
 from rayline.serve import Endpoint
 from rayline.serve import deploy as _deploy
-from rayline.spec import Overrides, PipelineSpec, ServiceSpec, load_service_spec, load_spec
+from rayline.spec import Overrides, PipelineSpec, ServiceSpec, load_service_spec, load_spec, with_overrides
 from rayline.tracking import PromotionDecision, move_alias, rollback_alias
 
 __version__ = "0.1.0"
@@ -51,7 +51,7 @@ def run(
     platform in ``state_dir`` is started or reused. ``progress(stage, message)`` receives progress lines;
     ``verbose`` streams Ray's worker logs.
     """
-    loaded = spec if isinstance(spec, PipelineSpec) else load_spec(spec, overrides)
+    loaded = with_overrides(spec, overrides) if isinstance(spec, PipelineSpec) else load_spec(spec, overrides)
     platform = connect(ray_address, tracking_uri, storage_uri, state_dir)
     return _run_pipeline(loaded, platform, progress, verbose)
 

@@ -106,15 +106,15 @@ def serve_command(
 ) -> None:
     """Deploy or update a model endpoint on Ray Serve (`rayline serve serving/digits.yaml`), or show
     (`status`) or stop (`shutdown`) what is served."""
-    platform = rayline.connect(ray_address, tracking_uri, None, state_dir)
-    if target == "status":
-        typer.echo(json.dumps(serve_status(platform), indent=2))
-        return
-    if target == "shutdown":
-        serve_shutdown(platform, name)
-        typer.echo(f"stopped {name or 'every application'}")
-        return
     try:
+        platform = rayline.connect(ray_address, tracking_uri, None, state_dir)
+        if target == "status":
+            typer.echo(json.dumps(serve_status(platform), indent=2))
+            return
+        if target == "shutdown":
+            serve_shutdown(platform, name)
+            typer.echo(f"stopped {name or 'every application'}")
+            return
         spec = rayline.load_service_spec(target, overrides or [])
         _stage("serve", f"deploying {spec.model} as {spec.name!r}")
         endpoint = serve_deploy(spec, platform)
@@ -138,8 +138,8 @@ def predict(
     state_dir: StateDir = Path(DEFAULT_STATE_DIR),
 ) -> None:
     """Batch inference: the packaged model over a dataset with Ray Data, written as Parquet."""
-    platform = rayline.connect(ray_address, tracking_uri, None, state_dir)
     try:
+        platform = rayline.connect(ray_address, tracking_uri, None, state_dir)
         done = predict_batch(platform, model, input_uri, output_uri, actors=actors)
     except RaylineError as err:
         raise _fail(err, 2 if isinstance(err, SpecError) else 1) from None

@@ -22,7 +22,6 @@ class Platform:
     tracking_uri: str
     storage_uri: str
     dashboard_url: str | None = None
-    embedded: bool = False
 
     def init_ray(self, verbose: bool = False) -> None:
         """Connect this process to the platform's Ray cluster (idempotent).
@@ -39,7 +38,7 @@ class Platform:
 
 
 def _from_embedded(state: embedded.EmbeddedState) -> Platform:
-    return Platform(state.ray_address, state.tracking_uri, state.storage_uri, state.dashboard_url, embedded=True)
+    return Platform(state.ray_address, state.tracking_uri, state.storage_uri, state.dashboard_url)
 
 
 def connect(
@@ -61,7 +60,6 @@ def connect(
         tracking_uri or local.tracking_uri,
         storage_uri or local.storage_uri,
         local.dashboard_url if not ray_address else None,
-        embedded=True,
     )
 
 

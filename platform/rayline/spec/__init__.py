@@ -35,6 +35,16 @@ def load_spec(path: str | Path, overrides: Overrides = None) -> PipelineSpec:
     return spec
 
 
+def with_overrides(spec: PipelineSpec, overrides: Overrides) -> PipelineSpec:
+    """A copy of a loaded spec with ``overrides`` applied and validated again (same file for errors)."""
+    if not overrides:
+        return spec
+    document = apply_overrides(spec.model_dump(mode="json"), parse_overrides(overrides))
+    updated = validate(PipelineSpec, document, file=spec.file)
+    updated._file = spec.file
+    return updated
+
+
 def load_service_spec(path: str | Path, overrides: Overrides = None) -> ServiceSpec:
     """Load a service spec from YAML with overrides; errors name the file and the field."""
     document = apply_overrides(read_yaml(path), parse_overrides(overrides))
@@ -54,4 +64,5 @@ __all__ = [
     "TrainSpec",
     "load_service_spec",
     "load_spec",
+    "with_overrides",
 ]

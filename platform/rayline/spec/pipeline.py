@@ -182,7 +182,7 @@ class PipelineSpec(Strict):
     @property
     def promotion(self) -> tuple[str, Literal["max", "min"]]:
         """(metric, mode) the promotion gate compares on."""
-        default = ("test_accuracy", "max") if self.data.task == "classification" else ("test_rmse", "min")
-        metric = self.tracking.promotion_metric or default[0]
-        mode = self.tracking.promotion_mode or (default[1] if metric == default[0] else "max")
+        default = "test_accuracy" if self.data.task == "classification" else "test_rmse"
+        metric = self.tracking.promotion_metric or default
+        mode = self.tracking.promotion_mode or ("max" if metric == "test_accuracy" else "min")
         return metric, mode

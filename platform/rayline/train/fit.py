@@ -64,7 +64,7 @@ def fit(spec: PipelineSpec, prepared: PreparedData, storage_uri: str, run_name: 
     try:
         result = trainer.fit()
     except Exception as err:  # Ray raises TrainingFailedError wrapping the worker's exception
-        raise TrainingFailed(f"training failed after {spec.train.max_failures} restart(s): {err}") from err
+        raise TrainingFailed(f"training failed (up to {spec.train.max_failures} restart(s) allowed): {err}") from err
     value: dict[str, Any] = result.return_value or {}
     if result.error is not None or result.checkpoint is None or not value:
         raise TrainingFailed(f"training did not finish: {result.error or 'no checkpoint was reported'}")
