@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from rayline.errors import SpecError
 from rayline.spec.loading import Overrides, apply_overrides, parse_overrides, read_yaml, validate
 from rayline.spec.pipeline import (
     DataSpec,
@@ -19,6 +20,14 @@ from rayline.spec.service import ServiceSpec
 BUNDLED_PREFIXES = ("sklearn:", "palmerpenguins:", "synthetic://")
 
 
+def _overridden(document: dict, overrides: Overrides, file: str | None) -> dict:
+    try:
+        return apply_overrides(document, parse_overrides(overrides))
+    except SpecError as err:
+        err.file = err.file or file
+        raise
+
+
 def load_spec(path: str | Path, overrides: Overrides = None) -> PipelineSpec:
     """Load a pipeline spec from YAML, apply overrides (``{"train.epochs": 3}`` or ``["train.epochs=3"]``).
 
@@ -26,7 +35,7 @@ def load_spec(path: str | Path, overrides: Overrides = None) -> PipelineSpec:
     Raises :class:`rayline.errors.SpecError` naming the file and the field.
     """
     file = str(path)
-    document = apply_overrides(read_yaml(path), parse_overrides(overrides))
+    document = _overridden(read_yaml(path), overrides, file)
     spec = validate(PipelineSpec, document, file=file)
     source = spec.data.source
     if "://" not in source and not source.startswith(BUNDLED_PREFIXES) and not Path(source).is_absolute():
@@ -39,7 +48,7 @@ def with_overrides(spec: PipelineSpec, overrides: Overrides) -> PipelineSpec:
     """A copy of a loaded spec with ``overrides`` applied and validated again (same file for errors)."""
     if not overrides:
         return spec
-    document = apply_overrides(spec.model_dump(mode="json"), parse_overrides(overrides))
+    document = _overridden(spec.model_dump(mode="json"), overrides, spec.file)
     updated = validate(PipelineSpec, document, file=spec.file)
     updated._file = spec.file
     return updated
@@ -47,7 +56,7 @@ def with_overrides(spec: PipelineSpec, overrides: Overrides) -> PipelineSpec:
 
 def load_service_spec(path: str | Path, overrides: Overrides = None) -> ServiceSpec:
     """Load a service spec from YAML with overrides; errors name the file and the field."""
-    document = apply_overrides(read_yaml(path), parse_overrides(overrides))
+    document = _overridden(read_yaml(path), overrides, str(path))
     return validate(ServiceSpec, document, file=str(path))
 
 

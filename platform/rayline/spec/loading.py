@@ -24,6 +24,8 @@ def parse_overrides(overrides: Overrides) -> dict[str, Any]:
     """
     if overrides is None:
         return {}
+    if isinstance(overrides, str):
+        overrides = [overrides]
     if isinstance(overrides, Mapping):
         return dict(overrides)
     parsed: dict[str, Any] = {}
@@ -48,6 +50,8 @@ def apply_overrides(document: dict[str, Any], overrides: Mapping[str, Any]) -> d
                 raise SpecError(f"{'.'.join(parts[:depth])} is a list: use an index", field=dotted)
             if isinstance(node, list) and not -len(node) <= key < len(node):
                 raise SpecError(f"index {key} is out of range", field=dotted)
+            if not isinstance(node, dict | list):
+                raise SpecError(f"{'.'.join(parts[:depth])} is a value, not a section or list", field=dotted)
             if last:
                 node[key] = value
             else:
@@ -75,15 +79,31 @@ def validate(model: type[SpecT], document: Mapping[str, Any], file: str | None =
     """Validate ``document`` against ``model``; the first error names its field path."""
     try:
         return model.model_validate(document)
+    except SpecError as err:  # raised by a validator that names its own field
+        err.file = err.file or file
+        raise
     except ValidationError as err:
         first = err.errors()[0]
-        field = ".".join(str(part) for part in first["loc"]) or None
-        message = first["msg"]
+        field = ".".join(str(part) for part in _document_path(document, first["loc"])) or None
+        message = first["msg"].removeprefix("Value error, ")
         if first["type"] == "extra_forbidden":
             message = "unknown key"
-        elif "input" in first and first["type"] not in {"missing"}:
+        elif first["type"] != "missing" and not isinstance(first.get("input"), dict | list):
             message = f"{message} (got {first['input']!r})"
         extra = len(err.errors()) - 1
         if extra:
             message += f" (and {extra} more problem{'s' if extra > 1 else ''})"
         raise SpecError(message, field=field, file=file) from None
+
+
+def _document_path(document: Any, location: tuple[Any, ...]) -> list[Any]:
+    """Pydantic's error location without the tags it adds for tagged unions (``preprocess.0.impute``)."""
+    path: list[Any] = []
+    node = document
+    for part in location:
+        if isinstance(node, dict) and part not in node and node.get("type") == part:
+            continue  # the discriminator tag: not a key of the document
+        path.append(part)
+        node = node[part] if isinstance(node, dict) and part in node else (
+            node[part] if isinstance(node, list) and isinstance(part, int) and part < len(node) else None)
+    return path

@@ -6,6 +6,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
+from rayline.errors import SpecError
+
 
 class Strict(BaseModel):
     """Base for every spec section: unknown keys are refused."""
@@ -170,8 +172,9 @@ class PipelineSpec(Strict):
         quality = "test_accuracy" if self.data.task == "classification" else "test_rmse"
         known = {quality, "test_loss", "cost_estimate", "train_wall_s"}
         if self.tracking.promotion_metric is not None and self.tracking.promotion_metric not in known:
-            raise ValueError(f"tracking.promotion_metric must be one of {sorted(known)} for a "
-                             f"{self.data.task} pipeline (got {self.tracking.promotion_metric!r})")
+            # SpecError passes through pydantic, so the error names the field rather than the whole spec.
+            raise SpecError(f"must be one of {sorted(known)} for a {self.data.task} pipeline "
+                            f"(got {self.tracking.promotion_metric!r})", field="tracking.promotion_metric")
         return self
 
     @property
