@@ -752,3 +752,43 @@ def test_bad_override_paths_are_spec_errors_naming_the_file(override: str, field
 
 def test_a_single_override_string_is_one_override() -> None:
     assert load_spec(DIGITS, "train.epochs=3").train.epochs == 3
+
+
+def test_shipped_service_spec_loads() -> None:
+    from rayline.spec import load_service_spec
+
+    spec = load_service_spec(ROOT / "serving" / "digits.yaml")
+    assert spec.model_name == "digits" and spec.host == "127.0.0.1"
+    assert spec.autoscaling.min_replicas <= spec.autoscaling.max_replicas
+
+
+@pytest.mark.parametrize(("overrides", "field"), [
+    ({"model": "digits"}, "model"),
+    ({"autoscaling.min_replicas": 3, "autoscaling.max_replicas": 2}, "autoscaling"),
+    ({"api_keys": ["k"]}, "api_keys"),
+    ({"max_queued_requests": 0}, "max_queued_requests"),
+])
+def test_bad_service_specs_name_the_field(overrides: dict[str, Any], field: str) -> None:
+    from rayline.spec import load_service_spec
+
+    with pytest.raises(SpecError) as caught:
+        load_service_spec(ROOT / "serving" / "digits.yaml", overrides)
+    assert caught.value.field == field
+    assert caught.value.file == str(ROOT / "serving" / "digits.yaml")
+
+
+def test_service_auth_sources_must_exist(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from rayline.serve.auth import authorized, load_key_digests
+    from rayline.spec.service import AuthSpec
+
+    with pytest.raises(SpecError) as caught:
+        load_key_digests(AuthSpec(api_keys_env="RAYLINE_TEST_NO_SUCH_VAR"))
+    assert caught.value.field == "auth.api_keys_env"
+    with pytest.raises(SpecError) as caught:
+        load_key_digests(AuthSpec(api_keys_file=str(tmp_path / "absent")))
+    assert caught.value.field == "auth.api_keys_file"
+    (tmp_path / "keys").write_text("alpha\n\nbeta\n")
+    digests = load_key_digests(AuthSpec(api_keys_file=str(tmp_path / "keys")))
+    assert "alpha" not in "".join(digests) and len(digests) == 2
+    assert authorized("Bearer beta", digests) and not authorized("Bearer gamma", digests)
+    assert not authorized(None, digests) and not authorized("beta", digests) and authorized(None, [])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from rayline.spec.pipeline import Strict
 
@@ -70,11 +70,12 @@ class ServiceSpec(Strict):
     reload_interval_s: float = Field(
         10.0, ge=0.0, description="how often replicas check the alias and hot-swap to its new version (0: never)")
 
-    @model_validator(mode="after")
-    def _model_uri(self) -> ServiceSpec:
-        if not MODEL_URI.match(self.model):
-            raise ValueError(f"model must look like models:/name@alias or models:/name/3 (got {self.model!r})")
-        return self
+    @field_validator("model")
+    @classmethod
+    def _model_uri(cls, model: str) -> str:
+        if not MODEL_URI.match(model):
+            raise ValueError("must look like models:/name@alias or models:/name/3")
+        return model
 
     @property
     def model_name(self) -> str:
