@@ -72,15 +72,18 @@ def serve(
 def promote(name: str, version: str | int, alias: str = "champion", *, tracking_uri: str | None = None,
             state_dir: str | Path = DEFAULT_STATE_DIR) -> str | None:
     """Point ``name@alias`` at ``version`` (running endpoints swap to it); return the previous holder."""
-    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or _up(state_dir).tracking_uri
-    return move_alias(uri, name, alias, str(version))
+    return move_alias(_tracking_uri(tracking_uri, state_dir), name, alias, str(version))
 
 
 def rollback(name: str, alias: str = "champion", *, tracking_uri: str | None = None,
              state_dir: str | Path = DEFAULT_STATE_DIR) -> str:
     """Move ``name@alias`` back to the version that held it before; return that version."""
-    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or _up(state_dir).tracking_uri
-    return rollback_alias(uri, name, alias)
+    return rollback_alias(_tracking_uri(tracking_uri, state_dir), name, alias)
+
+
+def _tracking_uri(tracking_uri: str | None, state_dir: str | Path) -> str:
+    """The given URI, else ``MLFLOW_TRACKING_URI``, else the embedded platform's server (started if needed)."""
+    return tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or _up(state_dir).tracking_uri
 
 
 def up(state_dir: str | Path = DEFAULT_STATE_DIR, num_cpus: int | None = None) -> Platform:
