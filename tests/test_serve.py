@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 import threading
-import time
 from collections.abc import Iterator
 
 import httpx
@@ -17,7 +16,7 @@ from sklearn.datasets import load_digits
 import rayline
 from conftest import PIPELINES, run_cli
 from conftest import SERVE_MODEL as MODEL
-from rayline.cluster.processes import free_port
+from rayline.cluster.processes import free_port, wait_until
 
 API_KEY = "s3cret-test-key"
 
@@ -218,16 +217,9 @@ def test_metrics_per_version_reach_prometheus(client: httpx.Client, rows: pd.Dat
         return all(n in names for n in ("rayline_requests", "rayline_rejected_inputs", "rayline_batch_rows",
                                         "rayline_request_latency_ms"))
 
-    _poll(exported, 90, "rayline metrics at Ray's metrics endpoint")
+    wait_until(exported, 90, "rayline metrics at Ray's metrics endpoint")
     assert any("rayline_rejected_inputs" in line and 'status="400"' in line for line in scraped)
     assert any("rayline_requests" in line and 'route="v1"' in line and 'status="200"' in line for line in scraped)
-
-
-def _poll(condition, deadline_s: float, what: str) -> None:
-    end = time.monotonic() + deadline_s
-    while not condition():
-        assert time.monotonic() < end, f"timed out waiting for {what}"
-        time.sleep(0.2)
 
 
 def test_hot_swap_under_load_drops_no_request(endpoints: dict[str, rayline.Endpoint], platform: rayline.Platform,
@@ -255,11 +247,11 @@ def test_hot_swap_under_load_drops_no_request(endpoints: dict[str, rayline.Endpo
     for worker in workers:
         worker.start()
     try:
-        _poll(lambda: len(versions) >= 20, 60, "answers before the swap")
+        wait_until(lambda: len(versions) >= 20, 60, "answers before the swap")
         assert rayline.promote(MODEL, second.model_version, tracking_uri=platform.tracking_uri) \
             == registered.model_version
-        _poll(lambda: versions[-1] == second.model_version, 90, "the new version to answer")
-        _poll(lambda: versions.count(second.model_version) >= 20, 60, "answers after the swap")
+        wait_until(lambda: versions[-1] == second.model_version, 90, "the new version to answer")
+        wait_until(lambda: versions.count(second.model_version) >= 20, 60, "answers after the swap")
     finally:
         stop.set()
         for worker in workers:
@@ -268,4 +260,4 @@ def test_hot_swap_under_load_drops_no_request(endpoints: dict[str, rayline.Endpo
     assert versions[0] == registered.model_version
     assert rayline.rollback(MODEL, tracking_uri=platform.tracking_uri) == registered.model_version
     endpoint = endpoints["open"]
-    _poll(lambda: endpoint.predict(rows.head(1))["model_version"] == registered.model_version, 90, "the rollback")
+    wait_until(lambda: endpoint.predict(rows.head(1))["model_version"] == registered.model_version, 90, "the rollback")

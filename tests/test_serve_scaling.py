@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import httpx
 import pandas as pd
@@ -13,7 +12,7 @@ from sklearn.datasets import load_digits
 
 import rayline
 from conftest import SERVE_MODEL
-from rayline.cluster.processes import free_port
+from rayline.cluster.processes import free_port, wait_until
 
 
 @pytest.fixture(scope="module")
@@ -43,13 +42,6 @@ def _replicas(name: str) -> int:
     return states.get("RUNNING", 0)
 
 
-def _poll(condition: Callable[[], bool], deadline_s: float, what: str) -> None:
-    end = time.monotonic() + deadline_s
-    while not condition():
-        assert time.monotonic() < end, f"timed out waiting for {what}"
-        time.sleep(0.25)
-
-
 def test_autoscaling_up_under_load_and_back_down(platform: rayline.Platform, port: int, body: dict) -> None:
     endpoint = _deploy(platform, port, "scaling", max_ongoing_requests=8,
                        autoscaling={"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 1,
@@ -68,13 +60,13 @@ def test_autoscaling_up_under_load_and_back_down(platform: rayline.Platform, por
     for worker in workers:
         worker.start()
     try:
-        _poll(lambda: _replicas("scaling") == 2, 90, "a second replica under load")
+        wait_until(lambda: _replicas("scaling") == 2, 90, "a second replica under load")
     finally:
         stop.set()
         for worker in workers:
             worker.join()
     assert set(statuses) == {200}
-    _poll(lambda: _replicas("scaling") == 1, 90, "scaling back to one replica when idle")
+    wait_until(lambda: _replicas("scaling") == 1, 90, "scaling back to one replica when idle")
 
 
 def test_overload_gets_503_not_an_unbounded_queue(platform: rayline.Platform, port: int, body: dict) -> None:
@@ -100,7 +92,7 @@ def test_scale_to_zero_cold_start_waits_for_a_replica(platform: rayline.Platform
     endpoint = _deploy(platform, port, "coldstart", request_timeout_s=60,
                        autoscaling={"min_replicas": 0, "initial_replicas": 0, "max_replicas": 1,
                                     "upscale_delay_s": 0, "downscale_delay_s": 2})
-    _poll(lambda: _replicas("coldstart") == 0, 60, "zero replicas")
+    wait_until(lambda: _replicas("coldstart") == 0, 60, "zero replicas")
     answer = httpx.post(f"{endpoint.url}/v1/models/{SERVE_MODEL}/predict", json=body, timeout=90)
     assert answer.status_code == 200, answer.text
     assert _replicas("coldstart") == 1

@@ -88,10 +88,10 @@ def infer_outputs(predictions: pd.DataFrame) -> list[InferOutput]:
     for name in predictions.columns:
         values = predictions[name]
         if pd.api.types.is_float_dtype(values):
-            outputs.append(InferOutput(name=name, shape=[len(values)], datatype="FP64", data=values.tolist()))
+            datatype, data = "FP64", values.tolist()
         elif pd.api.types.is_integer_dtype(values):
-            outputs.append(InferOutput(name=name, shape=[len(values)], datatype="INT64", data=values.tolist()))
+            datatype, data = "INT64", values.tolist()
         else:
-            outputs.append(InferOutput(name=name, shape=[len(values)], datatype="BYTES",
-                                       data=[str(v) for v in values]))
+            datatype, data = "BYTES", [str(v) for v in values]
+        outputs.append(InferOutput(name=name, shape=[len(values)], datatype=datatype, data=data))
     return outputs
