@@ -222,14 +222,21 @@ def test_metrics_per_version_reach_prometheus(client: httpx.Client, rows: pd.Dat
     assert any("rayline_requests" in line and 'route="v1"' in line and 'status="200"' in line for line in scraped)
 
 
-def test_hot_swap_under_load_drops_no_request(endpoints: dict[str, rayline.Endpoint], platform: rayline.Platform,
-                                              registered: rayline.PipelineResult, rows: pd.DataFrame) -> None:
-    """Runs last in this module: it moves the alias, then rolls it back."""
-    second = rayline.run(PIPELINES / "digits.yaml", {
+@pytest.fixture(scope="module")
+def second(platform: rayline.Platform, registered: rayline.PipelineResult) -> rayline.PipelineResult:
+    """A second, weaker version of the served model: registered, not promoted."""
+    trained = rayline.run(PIPELINES / "digits.yaml", {
         "model": {"name": "mlp", "params": {"hidden": [16]}}, "train.epochs": 1, "train.lr": 1e-4,
         "train.scaling.num_workers": 1, "tracking.experiment": MODEL, "tracking.model_name": MODEL,
     }, ray_address=platform.ray_address, tracking_uri=platform.tracking_uri, storage_uri=platform.storage_uri)
-    assert not second.promotion.promoted
+    assert not trained.promotion.promoted
+    return trained
+
+
+def test_hot_swap_under_load_drops_no_request(endpoints: dict[str, rayline.Endpoint], platform: rayline.Platform,
+                                              registered: rayline.PipelineResult, second: rayline.PipelineResult,
+                                              rows: pd.DataFrame) -> None:
+    """Moves the alias to the second version, then rolls it back."""
     statuses: list[int] = []
     versions: list[str] = []
     stop = threading.Event()
@@ -256,8 +263,39 @@ def test_hot_swap_under_load_drops_no_request(endpoints: dict[str, rayline.Endpo
         stop.set()
         for worker in workers:
             worker.join()
+        assert rayline.rollback(MODEL, tracking_uri=platform.tracking_uri) == registered.model_version
     assert set(statuses) == {200}, f"{len([s for s in statuses if s != 200])} of {len(statuses)} failed"
     assert versions[0] == registered.model_version
-    assert rayline.rollback(MODEL, tracking_uri=platform.tracking_uri) == registered.model_version
-    endpoint = endpoints["open"]
-    wait_until(lambda: endpoint.predict(rows.head(1))["model_version"] == registered.model_version, 90, "the rollback")
+
+
+def test_canary_split_answers_from_both_versions_with_per_version_metrics(
+        endpoints: dict[str, rayline.Endpoint], platform: rayline.Platform, registered: rayline.PipelineResult,
+        second: rayline.PipelineResult, rows: pd.DataFrame) -> None:
+    """A 70/30 champion/challenger split: both versions answer, in about that share, each metered apart."""
+    import ray
+
+    port = int(endpoints["open"].url.rsplit(":", 1)[1])
+    spec = rayline.ServiceSpec(
+        name="canary", route_prefix="/canary", model=f"models:/{MODEL}/{registered.model_version}", port=port,
+        canary={"model": f"models:/{MODEL}/{second.model_version}", "traffic_percent": 30},
+        autoscaling={"min_replicas": 1, "max_replicas": 1}, resources={"num_cpus": 0.5})
+    endpoint = rayline.serve(spec, ray_address=platform.ray_address, tracking_uri=platform.tracking_uri)
+    with httpx.Client(base_url=endpoint.url, timeout=60) as http:
+        wait_until(lambda: http.get("/readyz").status_code == 200, 120, "the canary application")
+        assert http.get("/readyz").json()["canary"] == {"version": second.model_version, "traffic_percent": 30}
+        body = {"instances": rows.head(2).to_dict(orient="records")}
+        answers = [http.post(f"/v1/models/{MODEL}/predict", json=body) for _ in range(200)]
+    assert {a.status_code for a in answers} == {200}
+    challenger = sum(a.json()["model_version"] == second.model_version for a in answers)
+    assert {a.json()["model_version"] for a in answers} == {registered.model_version, second.model_version}
+    assert 30 <= challenger <= 95, f"{challenger} of 200 answered by the challenger at a 30% split"
+    metrics_port = next(node["MetricsExportPort"] for node in ray.nodes() if node["Alive"])
+
+    def metered_apart() -> bool:
+        text = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).text
+        lines = [line for line in text.splitlines()
+                 if line.startswith("ray_rayline_requests") and 'application="canary"' in line]
+        return all(any(f'version="{v}"' in line for line in lines)
+                   for v in (registered.model_version, second.model_version))
+
+    wait_until(metered_apart, 90, "request counts of both canary versions at Ray's metrics endpoint")

@@ -768,6 +768,8 @@ def test_shipped_service_spec_loads() -> None:
     ({"autoscaling.min_replicas": 3, "autoscaling.max_replicas": 2}, "autoscaling"),
     ({"api_keys": ["k"]}, "api_keys"),
     ({"max_queued_requests": 0}, "max_queued_requests"),
+    ({"canary.model": "models:/other@challenger"}, "canary.model"),
+    ({"canary.model": "models:/digits@challenger", "canary.traffic_percent": 100}, "canary.traffic_percent"),
 ])
 def test_bad_service_specs_name_the_field(overrides: dict[str, Any], field: str) -> None:
     from rayline.spec import load_service_spec
@@ -776,6 +778,33 @@ def test_bad_service_specs_name_the_field(overrides: dict[str, Any], field: str)
         load_service_spec(ROOT / "serving" / "digits.yaml", overrides)
     assert caught.value.field == field
     assert caught.value.file == str(ROOT / "serving" / "digits.yaml")
+
+
+def test_canary_spec_is_a_second_version_of_the_served_model() -> None:
+    from rayline.spec import load_service_spec
+
+    spec = load_service_spec(ROOT / "serving" / "digits.yaml", {"canary.model": "models:/digits/4"})
+    assert spec.canary.model == "models:/digits/4" and spec.canary.traffic_percent == 10
+
+
+def test_exported_serve_config_is_the_committed_one_and_round_trips() -> None:
+    """serving/digits.serve.yaml is `rayline serve serving/digits.yaml --export`: same spec, no drift."""
+    import yaml
+
+    from rayline.serve.config import APP_BUILDER, write_serve_config
+    from rayline.spec import ServiceSpec, load_service_spec
+
+    spec = load_service_spec(ROOT / "serving" / "digits.yaml")
+    exported = write_serve_config(spec, "serving/digits.yaml")
+    assert (ROOT / "serving" / "digits.serve.yaml").read_text() == exported
+    config = yaml.safe_load(exported)
+    assert config["http_options"] == {"host": "127.0.0.1", "port": 8000, "request_timeout_s": 60.0}
+    [application] = config["applications"]
+    assert application["import_path"] == APP_BUILDER and "runtime_env" not in application
+    assert ServiceSpec.model_validate(application["args"]) == spec
+    with_registry = yaml.safe_load(write_serve_config(spec, "x.yaml", "http://127.0.0.1:5000"))
+    assert with_registry["applications"][0]["runtime_env"] == {
+        "env_vars": {"MLFLOW_TRACKING_URI": "http://127.0.0.1:5000"}}
 
 
 def test_service_auth_sources_must_exist(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

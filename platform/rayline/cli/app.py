@@ -12,6 +12,7 @@ import rayline
 from rayline.cluster import DEFAULT_STATE_DIR
 from rayline.errors import RaylineError, SpecError
 from rayline.serve.batch import predict_batch
+from rayline.serve.config import write_serve_config
 from rayline.serve.deploy import deploy as serve_deploy
 from rayline.serve.deploy import shutdown as serve_shutdown
 from rayline.serve.deploy import status as serve_status
@@ -99,14 +100,21 @@ def serve_command(
     target: Annotated[str, typer.Argument(help="a service spec (YAML), or `status` / `shutdown`")],
     overrides: Annotated[list[str] | None, typer.Option("--set", help="override a field: a.b=value")] = None,
     name: Annotated[str | None, typer.Option(help="with shutdown: only this application")] = None,
+    export: Annotated[Path | None, typer.Option(help="write the spec as a Ray Serve config (for `serve deploy`) "
+                                                     "instead of deploying it")] = None,
     ray_address: Annotated[str | None, typer.Option(envvar="RAY_ADDRESS", help="existing Ray cluster")] = None,
     tracking_uri: Annotated[str | None, typer.Option(envvar="MLFLOW_TRACKING_URI",
                                                      help="existing MLflow server")] = None,
     state_dir: StateDir = Path(DEFAULT_STATE_DIR),
 ) -> None:
-    """Deploy or update a model endpoint on Ray Serve (`rayline serve serving/digits.yaml`), or show
-    (`status`) or stop (`shutdown`) what is served."""
+    """Deploy or update a model endpoint on Ray Serve (`rayline serve serving/digits.yaml`), export it as a
+    Ray Serve config (`--export`), or show (`status`) or stop (`shutdown`) what is served."""
     try:
+        if export is not None:
+            spec = rayline.load_service_spec(target, overrides or [])
+            export.write_text(write_serve_config(spec, target, tracking_uri))
+            typer.echo(f"wrote {export}: RAY_AUTH_MODE=token serve deploy {export} --address <dashboard URL>")
+            return
         platform = rayline.connect(ray_address, tracking_uri, None, state_dir)
         if target == "status":
             typer.echo(json.dumps(serve_status(platform), indent=2))

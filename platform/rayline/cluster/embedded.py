@@ -98,7 +98,9 @@ def read_state(state_dir: str | Path) -> EmbeddedState | None:
     return EmbeddedState(**json.loads(file.read_text()))
 
 
-def _start_ray(state_dir: Path, num_cpus: int) -> tuple[int, int, int]:
+def _start_ray(state_dir: Path, num_cpus: int, tracking_uri: str) -> tuple[int, int, int]:
+    """``ray start --head`` on loopback; every Ray process inherits ``MLFLOW_TRACKING_URI`` (so Serve configs
+    deployed with Ray's own CLI find the registry)."""
     ray_port, dashboard_port = free_port(), free_port()
     extra_ports = {flag: free_port() for flag in (
         "--ray-client-server-port", "--dashboard-agent-listen-port", "--dashboard-agent-grpc-port",
@@ -109,7 +111,11 @@ def _start_ray(state_dir: Path, num_cpus: int) -> tuple[int, int, int]:
         f"--num-cpus={num_cpus}", "--disable-usage-stats",
         *(f"{flag}={port}" for flag, port in extra_ports.items()),
     ]
-    env = {**os.environ, "RAY_AUTH_MODE": "token"}
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "MLFLOW_TRACKING_URI": tracking_uri}
+    # `ray start` in token mode needs a token (~/.ray/auth_token); Ray's CLI creates one only where none exists.
+    # Its stdout is the token itself: never keep it.
+    subprocess.run([_bin("ray"), "get-auth-token", "--generate"], env=env, check=True, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL, timeout=RAY_START_DEADLINE_S)
     with open(state_dir / "ray-start.log", "w") as log:
         # A session of its own: every Ray process it spawns shares its process group, which `down` stops.
         starter = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -121,8 +127,7 @@ def _start_ray(state_dir: Path, num_cpus: int) -> tuple[int, int, int]:
     return ray_port, dashboard_port, starter.pid
 
 
-def _start_mlflow(state_dir: Path) -> tuple[int, int]:
-    port = free_port()
+def _start_mlflow(state_dir: Path, port: int) -> int:
     artifacts = state_dir / "mlartifacts"
     artifacts.mkdir(parents=True, exist_ok=True)
     command = [
@@ -140,7 +145,7 @@ def _start_mlflow(state_dir: Path) -> tuple[int, int]:
         return http_ok(f"http://{HOST}:{port}/health")
 
     wait_until(healthy, MLFLOW_START_DEADLINE_S, "MLflow server", lambda: f"See {state_dir / 'mlflow.log'}.")
-    return port, process.pid
+    return process.pid
 
 
 def up(state_dir: str | Path = ".rayline", num_cpus: int | None = None) -> EmbeddedState:
@@ -152,15 +157,15 @@ def up(state_dir: str | Path = ".rayline", num_cpus: int | None = None) -> Embed
         mlflow_ok = state is not None and state.mlflow_alive()
         if state is not None and ray_ok and mlflow_ok:
             return state
+        # A running Ray head keeps the MLflow port it was started with in its environment: restart there.
+        mlflow_port = state.mlflow_port if state is not None and (ray_ok or mlflow_ok) else free_port()
+        mlflow_pid = state.mlflow_pid if mlflow_ok else _start_mlflow(directory, mlflow_port)
         if state is not None and ray_ok:
             ray_port, dashboard_port, ray_group, cpus = (
                 state.ray_port, state.dashboard_port, state.ray_group, state.num_cpus)
         else:
             cpus = num_cpus or _default_cpus()
-            ray_port, dashboard_port, ray_group = _start_ray(directory, cpus)
-        mlflow_port, mlflow_pid = (
-            (state.mlflow_port, state.mlflow_pid) if state is not None and mlflow_ok else _start_mlflow(directory)
-        )
+            ray_port, dashboard_port, ray_group = _start_ray(directory, cpus, f"http://{HOST}:{mlflow_port}")
         state = EmbeddedState(ray_port, dashboard_port, mlflow_port, mlflow_pid, ray_group, cpus, str(directory))
         (directory / STATE_FILE).write_text(json.dumps(asdict(state), indent=1))
         return state

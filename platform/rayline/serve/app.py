@@ -7,7 +7,9 @@ methods Serve's ingress re-binds.
 import asyncio
 import itertools
 import json
-from typing import Any
+import random
+from collections.abc import Awaitable, Callable
+from typing import Any, NamedTuple
 
 import pandas as pd
 from fastapi import FastAPI, Request
@@ -41,6 +43,13 @@ async def _invalid_request(request: Request, error: RequestValidationError) -> J
                         status_code=422)
 
 
+class Route(NamedTuple):
+    """The version chosen for one request and the batch queue that runs it."""
+
+    model: LoadedModel
+    batch: Callable[[pd.DataFrame], Awaitable[tuple[str, pd.DataFrame]]]
+
+
 @serve.deployment
 @serve.ingress(api)
 class ModelServer:
@@ -48,22 +57,39 @@ class ModelServer:
 
     def __init__(self, model_uri: str, tracking_uri: str, key_digests: list[str], max_rows: int,
                  max_body_bytes: int, max_batch_size: int, batch_wait_timeout_s: float,
-                 reload_interval_s: float) -> None:
-        self.watcher = AliasWatcher(model_uri, tracking_uri, max_rows, reload_interval_s)
-        self.metrics = EndpointMetrics(self.loaded.name, lambda: self.loaded.version)
+                 reload_interval_s: float, canary_uri: str | None = None, canary_percent: float = 0.0) -> None:
+        self.champion = AliasWatcher(model_uri, tracking_uri, max_rows, reload_interval_s)
+        self.challenger = (AliasWatcher(canary_uri, tracking_uri, max_rows, reload_interval_s)
+                           if canary_uri else None)
+        self.canary_share = canary_percent / 100
+        self.metrics = EndpointMetrics(self.loaded.name)
         self.key_digests = key_digests
         self.max_body_bytes = max_body_bytes
-        self._predict_batch.set_max_batch_size(max_batch_size)
-        self._predict_batch.set_batch_wait_timeout_s(batch_wait_timeout_s)
+        for batched in (self._champion_batch, self._challenger_batch):
+            batched.set_max_batch_size(max_batch_size)
+            batched.set_batch_wait_timeout_s(batch_wait_timeout_s)
 
     @property
     def loaded(self) -> LoadedModel:
-        """The model version answering now (swapped atomically when the alias moves)."""
-        return self.watcher.current
+        """The champion version answering now (swapped atomically when its alias moves)."""
+        return self.champion.current
+
+    def _route(self) -> Route:
+        """Which arm answers this request: the challenger for ``canary_share`` of them, else the champion."""
+        if self.challenger is not None and random.random() < self.canary_share:
+            return Route(self.challenger.current, self._challenger_batch)
+        return Route(self.champion.current, self._champion_batch)
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
-    async def _predict_batch(self, frames: list[pd.DataFrame]) -> list[tuple[str, pd.DataFrame]]:
-        loaded = self.loaded  # one version answers the whole batch
+    async def _champion_batch(self, frames: list[pd.DataFrame]) -> list[tuple[str, pd.DataFrame]]:
+        return await self._forward(self.champion.current, frames)
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
+    async def _challenger_batch(self, frames: list[pd.DataFrame]) -> list[tuple[str, pd.DataFrame]]:
+        return await self._forward(self.challenger.current, frames)
+
+    async def _forward(self, loaded: LoadedModel, frames: list[pd.DataFrame]) -> list[tuple[str, pd.DataFrame]]:
+        """One forward pass over the rows of a batch of requests; one version answers the whole batch."""
         rows = pd.concat(frames, ignore_index=True)
         self.metrics.batch(len(rows), loaded.version)
         predictions = await asyncio.to_thread(loaded.model.predict, rows)
@@ -94,13 +120,13 @@ class ModelServer:
                 raise InputError(413, f"body over {self.max_body_bytes} bytes")
         return bytes(body)
 
-    async def _scoring(self, request: Request) -> tuple[str, pd.DataFrame]:
+    async def _scoring(self, request: Request, route: Route) -> tuple[str, pd.DataFrame]:
         try:
             payload = json.loads(await self._body(request))
         except json.JSONDecodeError as err:
             raise InputError(400, "malformed JSON", str(err)) from None
-        frame = frame_from_scoring(payload, list(self.loaded.schema.columns))
-        return await self._predict_batch(self.loaded.schema.check(frame))
+        schema = route.model.schema
+        return await route.batch(schema.check(frame_from_scoring(payload, list(schema.columns))))
 
     def _check_name(self, name: str) -> None:
         if name != self.loaded.name:
@@ -109,30 +135,33 @@ class ModelServer:
     @api.post("/v1/models/{name}/predict")
     async def predict(self, name: str, request: Request) -> dict[str, Any]:
         """``{"instances": [...]}`` or ``{"inputs": {column: [...]}}`` → predictions and the answering version."""
-        with self.metrics.measure("v1"):
+        route = self._route()
+        with self.metrics.measure("v1", route.model.version):
             self._check_name(name)
-            version, predictions = await self._scoring(request)
+            version, predictions = await self._scoring(request, route)
         return {"model_name": self.loaded.name, "model_version": version,
                 "predictions": predictions.to_dict(orient="records")}
 
     @api.post("/invocations")
     async def invocations(self, request: Request) -> dict[str, Any]:
         """MLflow's scoring protocol (``dataframe_split``, ``dataframe_records``, ``instances``, ``inputs``)."""
-        with self.metrics.measure("invocations"):
-            _, predictions = await self._scoring(request)
+        route = self._route()
+        with self.metrics.measure("invocations", route.model.version):
+            _, predictions = await self._scoring(request, route)
         return {"predictions": predictions.to_dict(orient="records")}
 
     @api.post("/v2/models/{name}/infer")
     async def infer(self, name: str, request: Request) -> dict[str, Any]:
         """Open Inference Protocol v2 inference: one input tensor per column."""
-        with self.metrics.measure("v2"):
+        route = self._route()
+        with self.metrics.measure("v2", route.model.version):
             self._check_name(name)
             try:
                 infer_request = InferRequest.model_validate_json(await self._body(request, untyped_json=True))
             except ValidationError as err:
                 raise InputError(422, "invalid inference request", json.loads(err.json(include_url=False))) from None
-            frame = self.loaded.schema.check(frame_from_infer(infer_request))
-            version, predictions = await self._predict_batch(frame)
+            frame = route.model.schema.check(frame_from_infer(infer_request))
+            version, predictions = await route.batch(frame)
         outputs = [output.model_dump() for output in infer_outputs(predictions)]
         return {"model_name": self.loaded.name, "model_version": version, "id": infer_request.id,
                 "outputs": outputs}
@@ -169,5 +198,9 @@ class ModelServer:
         return {"status": "ok"}
 
     @api.get("/readyz")
-    async def readyz(self) -> dict[str, str]:
-        return {"status": "ready", "model": self.loaded.name, "version": self.loaded.version}
+    async def readyz(self) -> dict[str, Any]:
+        ready = {"status": "ready", "model": self.loaded.name, "version": self.loaded.version}
+        if self.challenger is not None:
+            ready["canary"] = {"version": self.challenger.current.version,
+                               "traffic_percent": round(self.canary_share * 100, 6)}
+        return ready

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import urllib.request
 from dataclasses import dataclass
 from typing import Any
@@ -12,9 +13,10 @@ from ray import serve
 from ray.serve import Application
 
 from rayline.cluster import Platform
+from rayline.errors import RaylineError
 from rayline.serve.app import ModelServer
 from rayline.serve.auth import load_key_digests
-from rayline.spec import ServiceSpec
+from rayline.spec import ServiceSpec, validate
 
 
 @dataclass(frozen=True)
@@ -52,7 +54,19 @@ def build_app(spec: ServiceSpec, tracking_uri: str) -> Application:
     ).bind(
         spec.model, tracking_uri, load_key_digests(spec.auth), spec.max_rows, spec.max_body_bytes,
         spec.batching.max_batch_size, spec.batching.batch_wait_timeout_s, spec.reload_interval_s,
+        spec.canary.model if spec.canary else None, spec.canary.traffic_percent if spec.canary else 0.0,
     )
+
+
+def app_builder(args: dict[str, Any]) -> Application:
+    """The application builder Ray's own CLI calls (``import_path: rayline.serve:app_builder`` in a Serve
+    config, ``args`` = the service spec's fields). The model registry is ``MLFLOW_TRACKING_URI`` in the
+    cluster's environment (``rayline up`` sets it) or in the config's ``runtime_env.env_vars``."""
+    tracking_uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if not tracking_uri:
+        raise RaylineError("MLFLOW_TRACKING_URI is not set on the cluster: start it with `rayline up`, or set it "
+                           "in the Serve config's runtime_env.env_vars")
+    return build_app(validate(ServiceSpec, args, file="Serve config args"), tracking_uri)
 
 
 def deploy(spec: ServiceSpec, platform: Platform) -> Endpoint:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 
 from ray.serve import metrics
@@ -17,9 +17,8 @@ BATCH_SIZES = [1, 2, 4, 8, 16, 32, 64, 128, 256]
 class EndpointMetrics:
     """Requests, latency, errors, rejected inputs and batch sizes, tagged with model and version."""
 
-    def __init__(self, model: str, version: Callable[[], str]) -> None:
+    def __init__(self, model: str) -> None:
         self.model = model
-        self.version = version
         tags = ("model", "version", "route", "status")
         self.requests = metrics.Counter("rayline_requests", "Requests answered", tag_keys=tags)
         self.latency = metrics.Histogram("rayline_request_latency_ms", "Request latency (ms)", LATENCY_MS,
@@ -31,27 +30,27 @@ class EndpointMetrics:
         self.batch_size = metrics.Histogram("rayline_batch_rows", "Rows per model forward pass", BATCH_SIZES,
                                             tag_keys=("model", "version"))
 
-    def _tags(self, **extra: str) -> dict[str, str]:
-        return {"model": self.model, "version": self.version(), **extra}
-
     @contextmanager
-    def measure(self, route: str) -> Iterator[None]:
-        """Count and time one request on ``route``; 4xx and 5xx are counted apart."""
+    def measure(self, route: str, version: str) -> Iterator[None]:
+        """Count and time one request on ``route`` answered by ``version``; 4xx and 5xx are counted apart."""
+        def tags(**extra: str) -> dict[str, str]:
+            return {"model": self.model, "version": version, "route": route, **extra}
+
         started = time.perf_counter()
         status = "200"
         try:
             yield
         except InputError as error:
             status = str(error.status)
-            self.rejected.inc(tags=self._tags(route=route, status=status))
+            self.rejected.inc(tags=tags(status=status))
             raise
         except Exception:
             status = "500"
-            self.errors.inc(tags=self._tags(route=route))
+            self.errors.inc(tags=tags())
             raise
         finally:
-            self.requests.inc(tags=self._tags(route=route, status=status))
-            self.latency.observe((time.perf_counter() - started) * 1000, tags=self._tags(route=route))
+            self.requests.inc(tags=tags(status=status))
+            self.latency.observe((time.perf_counter() - started) * 1000, tags=tags())
 
     def batch(self, rows: int, version: str) -> None:
         """Record one forward pass over ``rows`` rows."""

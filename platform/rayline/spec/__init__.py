@@ -73,5 +73,6 @@ __all__ = [
     "TrainSpec",
     "load_service_spec",
     "load_spec",
+    "validate",
     "with_overrides",
 ]

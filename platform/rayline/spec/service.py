@@ -6,6 +6,7 @@ import re
 
 from pydantic import Field, field_validator, model_validator
 
+from rayline.errors import SpecError
 from rayline.spec.pipeline import Strict
 
 MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[A-Za-z0-9_-]+)|/(?P<version>\d+))$")
@@ -49,6 +50,24 @@ class AuthSpec(Strict):
     api_keys_file: str | None = Field(None, description="file with one key per line")
 
 
+class CanarySpec(Strict):
+    """A champion/challenger split: a share of requests goes to a second version of the same model."""
+
+    model: str = Field(description="models:/<name>@<alias> or models:/<name>/<version>, same name as `model`")
+    traffic_percent: float = Field(10.0, gt=0.0, lt=100.0, description="share of requests it answers")
+
+    @field_validator("model")
+    @classmethod
+    def _model_uri(cls, model: str) -> str:
+        return _registry_uri(model)
+
+
+def _registry_uri(model: str) -> str:
+    if not MODEL_URI.match(model):
+        raise ValueError("must look like models:/name@alias or models:/name/3")
+    return model
+
+
 class ServiceSpec(Strict):
     """A model endpoint: which model, how it scales, batches, admits and authenticates requests."""
 
@@ -69,13 +88,19 @@ class ServiceSpec(Strict):
     max_rows: int = Field(1024, ge=1, description="rows per request")
     reload_interval_s: float = Field(
         10.0, ge=0.0, description="how often replicas check the alias and hot-swap to its new version (0: never)")
+    canary: CanarySpec | None = Field(None, description="send a share of requests to a challenger version")
 
     @field_validator("model")
     @classmethod
     def _model_uri(cls, model: str) -> str:
-        if not MODEL_URI.match(model):
-            raise ValueError("must look like models:/name@alias or models:/name/3")
-        return model
+        return _registry_uri(model)
+
+    @model_validator(mode="after")
+    def _canary_same_model(self) -> ServiceSpec:
+        if self.canary is not None and MODEL_URI.match(self.canary.model)["name"] != self.model_name:
+            raise SpecError(f"the canary must be a version of {self.model_name!r}, the served model",
+                            field="canary.model")
+        return self
 
     @property
     def model_name(self) -> str:
