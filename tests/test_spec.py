@@ -822,3 +822,17 @@ def test_service_auth_sources_must_exist(tmp_path: Path, monkeypatch: pytest.Mon
     assert "alpha" not in "".join(digests) and len(digests) == 2
     assert authorized("Bearer beta", digests) and not authorized("Bearer gamma", digests)
     assert not authorized(None, digests) and not authorized("beta", digests) and authorized(None, [])
+
+
+def test_serve_ingress_choice_reaches_ray_through_the_environment() -> None:
+    from rayline.cluster.embedded import _ingress_env
+    from rayline.errors import RaylineError
+
+    assert _ingress_env("proxy") == {}
+    haproxy = _ingress_env("haproxy")
+    assert haproxy["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
+    # HAProxy's stats page and exporter get free ports, not 8404/9101 shared by every cluster on the machine.
+    assert {"8404", "9101"}.isdisjoint({haproxy["RAY_SERVE_HAPROXY_STATS_PORT"],
+                                        haproxy["RAY_SERVE_HAPROXY_METRICS_PORT"]})
+    with pytest.raises(RaylineError, match="RAYLINE_SERVE_INGRESS='nginx'"):
+        _ingress_env("nginx")

@@ -26,11 +26,27 @@ from rayline.cluster.processes import (
     stop_process_group,
     wait_until,
 )
+from rayline.errors import RaylineError
 
 HOST = "127.0.0.1"
 STATE_FILE = "platform.json"
 MLFLOW_START_DEADLINE_S = 180.0
 RAY_START_DEADLINE_S = 120.0
+INGRESS_ENV = "RAYLINE_SERVE_INGRESS"
+INGRESSES = ("haproxy", "proxy")
+DEFAULT_INGRESS = "haproxy"
+
+
+def _ingress_env(ingress: str) -> dict[str, str]:
+    """The environment that selects Serve's HTTP ingress for every Ray process. ``haproxy``: Ray Serve's
+    HAProxy ingress (``RAY_SERVE_ENABLE_HA_PROXY``), with its stats and Prometheus ports on free ports
+    instead of 8404/9101 so that several clusters can share a machine; ``proxy``: Serve's Python proxy."""
+    if ingress not in INGRESSES:
+        raise RaylineError(f"{INGRESS_ENV}={ingress!r}: must be one of {', '.join(INGRESSES)}")
+    if ingress == "proxy":
+        return {}
+    return {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
+            "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port())}
 
 
 @dataclass
@@ -44,6 +60,7 @@ class EmbeddedState:
     ray_group: int
     num_cpus: int
     state_dir: str
+    ingress: str = "proxy"
 
     @property
     def ray_address(self) -> str:
@@ -98,7 +115,7 @@ def read_state(state_dir: str | Path) -> EmbeddedState | None:
     return EmbeddedState(**json.loads(file.read_text()))
 
 
-def _start_ray(state_dir: Path, num_cpus: int, tracking_uri: str) -> tuple[int, int, int]:
+def _start_ray(state_dir: Path, num_cpus: int, tracking_uri: str, ingress: str) -> tuple[int, int, int]:
     """``ray start --head`` on loopback; every Ray process inherits ``MLFLOW_TRACKING_URI`` (so Serve configs
     deployed with Ray's own CLI find the registry)."""
     ray_port, dashboard_port = free_port(), free_port()
@@ -111,7 +128,7 @@ def _start_ray(state_dir: Path, num_cpus: int, tracking_uri: str) -> tuple[int, 
         f"--num-cpus={num_cpus}", "--disable-usage-stats",
         *(f"{flag}={port}" for flag, port in extra_ports.items()),
     ]
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "MLFLOW_TRACKING_URI": tracking_uri}
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "MLFLOW_TRACKING_URI": tracking_uri, **_ingress_env(ingress)}
     # `ray start` in token mode needs a token (~/.ray/auth_token); Ray's CLI creates one only where none exists.
     # Its stdout is the token itself: never keep it.
     subprocess.run([_bin("ray"), "get-auth-token", "--generate"], env=env, check=True, stdout=subprocess.DEVNULL,
@@ -161,12 +178,20 @@ def up(state_dir: str | Path = ".rayline", num_cpus: int | None = None) -> Embed
         mlflow_port = state.mlflow_port if state is not None and (ray_ok or mlflow_ok) else free_port()
         mlflow_pid = state.mlflow_pid if mlflow_ok else _start_mlflow(directory, mlflow_port)
         if state is not None and ray_ok:
-            ray_port, dashboard_port, ray_group, cpus = (
-                state.ray_port, state.dashboard_port, state.ray_group, state.num_cpus)
+            ray_port, dashboard_port, ray_group, cpus, ingress = (
+                state.ray_port, state.dashboard_port, state.ray_group, state.num_cpus, state.ingress)
         else:
             cpus = num_cpus or _default_cpus()
-            ray_port, dashboard_port, ray_group = _start_ray(directory, cpus, f"http://{HOST}:{mlflow_port}")
-        state = EmbeddedState(ray_port, dashboard_port, mlflow_port, mlflow_pid, ray_group, cpus, str(directory))
+            ingress = os.environ.get(INGRESS_ENV, DEFAULT_INGRESS)
+            try:
+                ray_port, dashboard_port, ray_group = _start_ray(directory, cpus, f"http://{HOST}:{mlflow_port}",
+                                                                 ingress)
+            except BaseException:  # leave nothing running that no state file records
+                if not mlflow_ok:
+                    stop_process_group(mlflow_pid, must_contain="mlflow")
+                raise
+        state = EmbeddedState(ray_port, dashboard_port, mlflow_port, mlflow_pid, ray_group, cpus, str(directory),
+                              ingress)
         (directory / STATE_FILE).write_text(json.dumps(asdict(state), indent=1))
         return state
 

@@ -89,4 +89,5 @@ def status(state_dir: str | Path = DEFAULT_STATE_DIR) -> dict[str, object]:
         "mlflow": "up" if mlflow_ok else "down",
         "storage_uri": state.storage_uri,
         "num_cpus": state.num_cpus,
+        "serve_ingress": state.ingress,
     }

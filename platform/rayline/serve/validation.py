@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from pandas.api.types import is_bool_dtype, is_numeric_dtype
 
 from rayline.serve.errors import InputError
 
@@ -31,10 +32,27 @@ class InputSchema:
         if missing or unknown:
             raise InputError(422, "wrong columns", {"missing": missing, "unknown": unknown,
                                                     "expected": list(self.columns)})
-        checked = {}
-        for column, kind in self.columns.items():
-            checked[column] = self._column(frame[column], column, kind)
-        return pd.DataFrame(checked)
+        dtypes = frame.dtypes.to_dict()
+        typed = [c for c, kind in self.columns.items() if kind in NUMERIC_KINDS
+                 and is_numeric_dtype(dtypes[c]) and not is_bool_dtype(dtypes[c])]
+        block = frame[typed].to_numpy(dtype=np.float64)  # the common case: numbers, checked as one block
+        self._finite(block, typed)
+        checked = pd.DataFrame(block, columns=typed)
+        others = {column: self._column(frame[column], column, kind).reset_index(drop=True)
+                  for column, kind in self.columns.items() if column not in set(typed)}
+        if not others:
+            return checked if typed == list(self.columns) else checked[list(self.columns)]
+        return checked.assign(**others)[list(self.columns)]
+
+    def _finite(self, block: np.ndarray, columns: list[str]) -> None:
+        """Raise 422 naming the first column that holds Inf, or NaN where the model does not impute."""
+        for position in np.flatnonzero(np.isinf(block).any(axis=0))[:1]:
+            raise InputError(422, f"column {columns[position]!r} holds Inf", {"field": columns[position]})
+        strict = np.array([c not in self.nullable for c in columns])
+        for position in np.flatnonzero(np.isnan(block).any(axis=0) & strict)[:1]:
+            column = columns[position]
+            raise InputError(422, f"column {column!r} holds NaN or null, and the model does not impute it",
+                             {"field": column})
 
     def _column(self, values: pd.Series, column: str, kind: str) -> pd.Series:
         if kind in NUMERIC_KINDS:
@@ -44,11 +62,7 @@ class InputSchema:
             bad = numbers.isna() & values.notna()
             if bad.any():
                 raise InputError(422, f"column {column!r} must be numeric", {"field": column, "type": kind})
-            if np.isinf(numbers).any():
-                raise InputError(422, f"column {column!r} holds Inf", {"field": column})
-            if numbers.isna().any() and column not in self.nullable:
-                raise InputError(422, f"column {column!r} holds NaN or null, and the model does not impute it",
-                                 {"field": column})
+            self._finite(numbers.to_numpy()[:, None], [column])
             return numbers
         if values.map(lambda v: v is not None and not isinstance(v, str)).any():
             raise InputError(422, f"column {column!r} must hold strings", {"field": column, "type": kind})
