@@ -61,6 +61,24 @@ def small_model(platform: rayline.Platform) -> rayline.PipelineResult:
     }, ray_address=platform.ray_address, tracking_uri=platform.tracking_uri, storage_uri=platform.storage_uri)
 
 
+@pytest.fixture(scope="session")
+def serve_port(platform: rayline.Platform) -> int:
+    """Serve's HTTP port for the session: Serve stays up between test modules, which delete their applications."""
+    from rayline.cluster.processes import free_port
+
+    return free_port()
+
+
+def delete_applications(platform: rayline.Platform) -> None:
+    """Remove every Serve application, keeping Serve itself (and its port) running."""
+    from ray import serve
+
+    from rayline.serve import shutdown
+
+    for name in serve.status().applications:
+        shutdown(platform, name)
+
+
 @pytest.fixture
 def unique() -> str:
     """A fresh name for experiments and registered models, so tests never see each other's runs."""

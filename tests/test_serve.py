@@ -14,9 +14,9 @@ import pytest
 from sklearn.datasets import load_digits
 
 import rayline
-from conftest import PIPELINES, run_cli
+from conftest import PIPELINES, delete_applications, run_cli
 from conftest import SERVE_MODEL as MODEL
-from rayline.cluster.processes import free_port, wait_until
+from rayline.cluster.processes import wait_until
 
 API_KEY = "s3cret-test-key"
 
@@ -27,12 +27,10 @@ def registered(small_model: rayline.PipelineResult) -> rayline.PipelineResult:
 
 
 @pytest.fixture(scope="module")
-def endpoints(platform: rayline.Platform, registered: rayline.PipelineResult,
+def endpoints(platform: rayline.Platform, registered: rayline.PipelineResult, serve_port: int,
               monkeypatch_module: pytest.MonkeyPatch) -> Iterator[dict[str, rayline.Endpoint]]:
     """Two applications on one Serve instance: open at /, API-key protected at /secure."""
-    from ray import serve
-
-    port = free_port()
+    port = serve_port
     monkeypatch_module.setenv("SERVE_TEST_KEYS", f"other-key,{API_KEY}")
     common = {"model": f"models:/{MODEL}@champion", "port": port, "max_rows": 100, "max_body_bytes": 200_000,
               "autoscaling": {"min_replicas": 1, "max_replicas": 1}, "resources": {"num_cpus": 0.5},
@@ -42,7 +40,7 @@ def endpoints(platform: rayline.Platform, registered: rayline.PipelineResult,
                                       auth={"api_keys_env": "SERVE_TEST_KEYS"}, **common)
     where = {"ray_address": platform.ray_address, "tracking_uri": platform.tracking_uri}
     yield {"open": rayline.serve(open_spec, **where), "secure": rayline.serve(secure_spec, **where)}
-    serve.shutdown()
+    delete_applications(platform)
 
 
 @pytest.fixture(scope="module")
@@ -270,13 +268,12 @@ def test_hot_swap_under_load_drops_no_request(endpoints: dict[str, rayline.Endpo
 
 def test_canary_split_answers_from_both_versions_with_per_version_metrics(
         endpoints: dict[str, rayline.Endpoint], platform: rayline.Platform, registered: rayline.PipelineResult,
-        second: rayline.PipelineResult, rows: pd.DataFrame) -> None:
+        second: rayline.PipelineResult, rows: pd.DataFrame, serve_port: int) -> None:
     """A 70/30 champion/challenger split: both versions answer, in about that share, each metered apart."""
     import ray
 
-    port = int(endpoints["open"].url.rsplit(":", 1)[1])
     spec = rayline.ServiceSpec(
-        name="canary", route_prefix="/canary", model=f"models:/{MODEL}/{registered.model_version}", port=port,
+        name="canary", route_prefix="/canary", model=f"models:/{MODEL}/{registered.model_version}", port=serve_port,
         canary={"model": f"models:/{MODEL}/{second.model_version}", "traffic_percent": 30},
         autoscaling={"min_replicas": 1, "max_replicas": 1}, resources={"num_cpus": 0.5})
     endpoint = rayline.serve(spec, ray_address=platform.ray_address, tracking_uri=platform.tracking_uri)

@@ -11,16 +11,14 @@ import pytest
 from sklearn.datasets import load_digits
 
 import rayline
-from conftest import SERVE_MODEL
-from rayline.cluster.processes import free_port, wait_until
+from conftest import SERVE_MODEL, delete_applications
+from rayline.cluster.processes import wait_until
 
 
 @pytest.fixture(scope="module")
-def port(platform: rayline.Platform, small_model: rayline.PipelineResult) -> Iterator[int]:
-    from ray import serve
-
-    yield free_port()
-    serve.shutdown()
+def port(platform: rayline.Platform, small_model: rayline.PipelineResult, serve_port: int) -> Iterator[int]:
+    yield serve_port
+    delete_applications(platform)
 
 
 @pytest.fixture(scope="module")

@@ -9,14 +9,19 @@ from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
+import ray
 from ray import serve
 from ray.serve import Application
+from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
 
 from rayline.cluster import Platform
+from rayline.cluster.processes import wait_until
 from rayline.errors import RaylineError
 from rayline.serve.app import ModelServer
 from rayline.serve.auth import load_key_digests
 from rayline.spec import ServiceSpec, validate
+
+SHUTDOWN_DEADLINE_S = 120.0
 
 
 @dataclass(frozen=True)
@@ -89,9 +94,19 @@ def status(platform: Platform) -> dict[str, Any]:
 
 
 def shutdown(platform: Platform, name: str | None = None) -> None:
-    """Delete one application, or stop Serve entirely."""
+    """Delete one application, or stop Serve entirely and wait until its controller has exited (so that a
+    following deploy starts a new Serve instead of joining the one being torn down)."""
     platform.init_ray()
     if name:
         serve.delete(name)
-    else:
-        serve.shutdown()
+        return
+    serve.shutdown()
+    wait_until(_controller_gone, SHUTDOWN_DEADLINE_S, "Serve's controller to exit")
+
+
+def _controller_gone() -> bool:
+    try:
+        ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
+    except ValueError:
+        return True
+    return False

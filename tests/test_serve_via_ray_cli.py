@@ -16,21 +16,21 @@ from sklearn.datasets import load_digits
 
 import rayline
 from conftest import SERVE_MODEL, run_cli
-from rayline.cluster.processes import free_port, wait_until
+from rayline.cluster.processes import wait_until
+from rayline.serve import shutdown
 
 
 @pytest.fixture
 def serve_down(platform: rayline.Platform) -> Iterator[None]:
-    from ray import serve
-
+    """`serve deploy` is declarative (it replaces every application): the last Serve module, it stops Serve."""
     yield
-    serve.shutdown()
+    shutdown(platform)
 
 
 def test_serve_deploy_runs_an_exported_spec(platform: rayline.Platform, state_dir: Path,
                                             small_model: rayline.PipelineResult, tmp_path: Path,
-                                            serve_down: None) -> None:
-    port = free_port()
+                                            serve_port: int, serve_down: None) -> None:
+    port = serve_port
     spec = {"name": "raycli", "model": f"models:/{SERVE_MODEL}@champion", "port": port,
             "autoscaling": {"min_replicas": 1, "max_replicas": 1}, "resources": {"num_cpus": 0.5}}
     (tmp_path / "raycli.yaml").write_text(yaml.safe_dump(spec))
