@@ -40,9 +40,15 @@ def platform(state_dir: Path) -> Iterator[rayline.Platform]:
     yield started
     import ray
 
+    from rayline.cluster.embedded import read_state
+    from rayline.cluster.processes import session_members
+
     ray.shutdown()
+    ray_session = read_state(state_dir).ray_group
     assert rayline.down(state_dir)
     assert not rayline.status(state_dir)["running"]
+    # Everything `ray start` spawned is gone, the HAProxy that Serve started in a process group of its own included.
+    assert not [" ".join(p.cmdline()) for p in session_members(ray_session)]
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import socket
 import time
 import urllib.error
@@ -50,25 +49,41 @@ def wait_until(check: Callable[[], bool], deadline_s: float, what: str, on_fail:
 
 
 def stop_process_group(group_id: int, must_contain: str, grace_s: float = 10.0) -> int:
-    """Stop every process of the group started with ``start_new_session=True`` (its leader's pid is ``group_id``).
+    """Stop every process started under the session of ``start_new_session=True`` (its leader's pid is
+    ``group_id``): its process group, and the processes that moved to groups of their own inside that session
+    (Ray's workers, and the HAProxy a Serve actor starts).
 
     Only acts when some member's command line contains ``must_contain`` (the pid may have been reused).
-    Returns how many processes were in the group.
+    Returns how many processes there were.
     """
-    members = [p for p in psutil.process_iter(["cmdline"]) if _group_of(p) == group_id]
-    if not any(must_contain in " ".join(p.info["cmdline"] or []) for p in members):
+    members = session_members(group_id)
+    if not any(must_contain in _command_line(p) for p in members):
         return 0
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(group_id, signal.SIGTERM)
+    for member in members:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            member.terminate()
     _, alive = psutil.wait_procs(members, timeout=grace_s)
-    if alive:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(group_id, signal.SIGKILL)
+    for member in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            member.kill()
     return len(members)
 
 
-def _group_of(process: psutil.Process) -> int | None:
+def session_members(session_id: int) -> list[psutil.Process]:
+    """The live processes (zombies excepted) whose process group or session is ``session_id``."""
+    return [p for p in psutil.process_iter(["status"])
+            if p.info["status"] != psutil.STATUS_ZOMBIE and session_id in _group_and_session(p)]
+
+
+def _command_line(process: psutil.Process) -> str:
     try:
-        return os.getpgid(process.pid)
+        return " ".join(process.cmdline())
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        return ""
+
+
+def _group_and_session(process: psutil.Process) -> tuple[int | None, int | None]:
+    try:
+        return os.getpgid(process.pid), os.getsid(process.pid)
     except (ProcessLookupError, PermissionError):
-        return None
+        return None, None
