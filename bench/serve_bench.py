@@ -67,10 +67,6 @@ class Measurement:
     requests: int
 
 
-def _python() -> str:
-    return sys.executable
-
-
 def ensure_models(platform: rayline.Platform, state_dir: Path, retrain: bool) -> dict[str, str]:
     """Train and register both models once; later runs reuse the versions recorded in the state dir."""
     record = state_dir / "bench-models.json"
@@ -140,7 +136,7 @@ def child(command: list[str], log: Path, env: dict[str, str] | None = None) -> I
 
 @contextlib.contextmanager
 def serve_rayline(platform: rayline.Platform, model: str, model_uri: str, port: int) -> Iterator[str]:
-    from ray import serve
+    from rayline.serve import shutdown
 
     overrides = {"name": f"bench-{model}", "model": model_uri, "port": port, **SERVICE_OVERRIDES[model]}
     spec = rayline.load_service_spec(ROOT / "serving" / "digits.yaml", overrides)
@@ -148,15 +144,15 @@ def serve_rayline(platform: rayline.Platform, model: str, model_uri: str, port: 
     try:
         yield endpoint.url
     finally:
-        serve.shutdown()
+        shutdown(platform)  # and wait until Serve is gone: the next model starts a new one on its own port
 
 
 @contextlib.contextmanager
 def serve_mlflow(platform: rayline.Platform, model_uri: str, port: int, logs: Path) -> Iterator[str]:
-    command = [str(Path(_python()).with_name("mlflow")), "models", "serve", "-m", model_uri, "--env-manager",
+    command = [str(Path(sys.executable).with_name("mlflow")), "models", "serve", "-m", model_uri, "--env-manager",
                "local", "--host", "127.0.0.1", "--port", str(port)]
     # It execs `uvicorn` from PATH: this environment's.
-    path = f"{Path(_python()).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     with child(command, logs / "mlflow-models-serve.log", {"MLFLOW_TRACKING_URI": platform.tracking_uri,
                                                            "PATH": path}):
         yield f"http://127.0.0.1:{port}"
@@ -164,7 +160,7 @@ def serve_mlflow(platform: rayline.Platform, model_uri: str, port: int, logs: Pa
 
 @contextlib.contextmanager
 def serve_fastapi(platform: rayline.Platform, model_uri: str, port: int, logs: Path) -> Iterator[str]:
-    command = [_python(), str(BENCH / "fastapi_server.py"), "--model-uri", model_uri, "--port", str(port)]
+    command = [sys.executable, str(BENCH / "fastapi_server.py"), "--model-uri", model_uri, "--port", str(port)]
     with child(command, logs / "fastapi.log", {"MLFLOW_TRACKING_URI": platform.tracking_uri}):
         yield f"http://127.0.0.1:{port}"
 
@@ -191,9 +187,8 @@ def wrk(url: str, body_file: Path, connections: int, duration_s: int, client_cpu
     }
 
 
-def measure(args: argparse.Namespace, platform: rayline.Platform, model: str, model_uri: str,
+def measure(args: argparse.Namespace, platform: rayline.Platform, model: str, model_uri: str, row: pd.DataFrame,
             logs: Path) -> list[Measurement]:
-    row = one_row(model_uri, platform.tracking_uri)
     body = json.dumps({"dataframe_split": row.to_dict(orient="split", index=False)}).encode()
     body_file = logs / f"{model}-body.json"
     body_file.write_bytes(body)
@@ -257,10 +252,11 @@ def main() -> None:
     try:
         platform.init_ray(verbose=False)
         models = ensure_models(platform, args.state_dir, args.retrain)
-        forward = {m: forward_ms(models[m], one_row(models[m], platform.tracking_uri)) for m in args.models}
+        rows = {m: one_row(models[m], platform.tracking_uri) for m in args.models}
+        forward = {m: forward_ms(models[m], rows[m]) for m in args.models}
         logs = args.state_dir / "logs"
         logs.mkdir(exist_ok=True)
-        results = [r for m in args.models for r in measure(args, platform, m, models[m], logs)]
+        results = [r for m in args.models for r in measure(args, platform, m, models[m], rows[m], logs)]
     finally:
         import ray
 

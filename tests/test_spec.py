@@ -824,8 +824,8 @@ def test_service_auth_sources_must_exist(tmp_path: Path, monkeypatch: pytest.Mon
     assert not authorized(None, digests) and not authorized("beta", digests) and authorized(None, [])
 
 
-def test_serve_ingress_choice_reaches_ray_through_the_environment() -> None:
-    from rayline.cluster.embedded import _ingress_env
+def test_serve_ingress_choice_reaches_ray_through_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from rayline.cluster.embedded import _chosen_ingress, _ingress_env
     from rayline.errors import RaylineError
 
     assert _ingress_env("proxy") == {}
@@ -834,5 +834,8 @@ def test_serve_ingress_choice_reaches_ray_through_the_environment() -> None:
     # HAProxy's stats page and exporter get free ports, not 8404/9101 shared by every cluster on the machine.
     assert {"8404", "9101"}.isdisjoint({haproxy["RAY_SERVE_HAPROXY_STATS_PORT"],
                                         haproxy["RAY_SERVE_HAPROXY_METRICS_PORT"]})
+    monkeypatch.delenv("RAYLINE_SERVE_INGRESS", raising=False)
+    assert _chosen_ingress() == "haproxy"
+    monkeypatch.setenv("RAYLINE_SERVE_INGRESS", "nginx")
     with pytest.raises(RaylineError, match="RAYLINE_SERVE_INGRESS='nginx'"):
-        _ingress_env("nginx")
+        _chosen_ingress()

@@ -38,12 +38,18 @@ DEFAULT_INGRESS = "haproxy"
 DRAINING_PERIOD_S = 5
 
 
+def _chosen_ingress() -> str:
+    """``RAYLINE_SERVE_INGRESS``, checked before anything is started."""
+    ingress = os.environ.get(INGRESS_ENV, DEFAULT_INGRESS)
+    if ingress not in INGRESSES:
+        raise RaylineError(f"{INGRESS_ENV}={ingress!r}: must be one of {', '.join(INGRESSES)}")
+    return ingress
+
+
 def _ingress_env(ingress: str) -> dict[str, str]:
     """The environment that selects Serve's HTTP ingress for every Ray process. ``haproxy``: Ray Serve's
     HAProxy ingress (``RAY_SERVE_ENABLE_HA_PROXY``), with its stats and Prometheus ports on free ports
     instead of 8404/9101 so that several clusters can share a machine; ``proxy``: Serve's Python proxy."""
-    if ingress not in INGRESSES:
-        raise RaylineError(f"{INGRESS_ENV}={ingress!r}: must be one of {', '.join(INGRESSES)}")
     if ingress == "proxy":
         return {}
     return {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
@@ -179,15 +185,15 @@ def up(state_dir: str | Path = ".rayline", num_cpus: int | None = None) -> Embed
         mlflow_ok = state is not None and state.mlflow_alive()
         if state is not None and ray_ok and mlflow_ok:
             return state
+        ingress = state.ingress if ray_ok else _chosen_ingress()
         # A running Ray head keeps the MLflow port it was started with in its environment: restart there.
         mlflow_port = state.mlflow_port if state is not None and (ray_ok or mlflow_ok) else free_port()
         mlflow_pid = state.mlflow_pid if mlflow_ok else _start_mlflow(directory, mlflow_port)
         if state is not None and ray_ok:
-            ray_port, dashboard_port, ray_group, cpus, ingress = (
-                state.ray_port, state.dashboard_port, state.ray_group, state.num_cpus, state.ingress)
+            ray_port, dashboard_port, ray_group, cpus = (
+                state.ray_port, state.dashboard_port, state.ray_group, state.num_cpus)
         else:
             cpus = num_cpus or _default_cpus()
-            ingress = os.environ.get(INGRESS_ENV, DEFAULT_INGRESS)
             try:
                 ray_port, dashboard_port, ray_group = _start_ray(directory, cpus, f"http://{HOST}:{mlflow_port}",
                                                                  ingress)

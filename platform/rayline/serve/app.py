@@ -61,7 +61,7 @@ class ModelServer:
         self.champion = AliasWatcher(model_uri, tracking_uri, max_rows, reload_interval_s)
         self.challenger = (AliasWatcher(canary_uri, tracking_uri, max_rows, reload_interval_s)
                            if canary_uri else None)
-        self.canary_share = canary_percent / 100
+        self.canary_percent = canary_percent
         self.metrics = EndpointMetrics(self.loaded.name)
         self.key_digests = key_digests
         self.max_body_bytes = max_body_bytes
@@ -75,8 +75,8 @@ class ModelServer:
         return self.champion.current
 
     def _route(self) -> Route:
-        """Which arm answers this request: the challenger for ``canary_share`` of them, else the champion."""
-        if self.challenger is not None and random.random() < self.canary_share:
+        """Which arm answers this request: the challenger for ``canary_percent`` of them, else the champion."""
+        if self.challenger is not None and random.random() * 100 < self.canary_percent:
             return Route(self.challenger.current, self._challenger_batch)
         return Route(self.champion.current, self._champion_batch)
 
@@ -202,5 +202,5 @@ class ModelServer:
         ready = {"status": "ready", "model": self.loaded.name, "version": self.loaded.version}
         if self.challenger is not None:
             ready["canary"] = {"version": self.challenger.current.version,
-                               "traffic_percent": round(self.canary_share * 100, 6)}
+                               "traffic_percent": self.canary_percent}
         return ready

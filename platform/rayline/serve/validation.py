@@ -39,9 +39,9 @@ class InputSchema:
         self._finite(block, typed)
         checked = pd.DataFrame(block, columns=typed)
         others = {column: self._column(frame[column], column, kind).reset_index(drop=True)
-                  for column, kind in self.columns.items() if column not in set(typed)}
-        if not others:
-            return checked if typed == list(self.columns) else checked[list(self.columns)]
+                  for column, kind in self.columns.items() if column not in checked.columns}
+        if not others:  # `typed` follows the signature's order
+            return checked
         return checked.assign(**others)[list(self.columns)]
 
     def _finite(self, block: np.ndarray, columns: list[str]) -> None:

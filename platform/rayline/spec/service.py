@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import re
+from typing import Annotated
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import AfterValidator, Field, model_validator
 
 from rayline.errors import SpecError
 from rayline.spec.pipeline import Strict
@@ -50,29 +51,28 @@ class AuthSpec(Strict):
     api_keys_file: str | None = Field(None, description="file with one key per line")
 
 
-class CanarySpec(Strict):
-    """A champion/challenger split: a share of requests goes to a second version of the same model."""
-
-    model: str = Field(description="models:/<name>@<alias> or models:/<name>/<version>, same name as `model`")
-    traffic_percent: float = Field(10.0, gt=0.0, lt=100.0, description="share of requests it answers")
-
-    @field_validator("model")
-    @classmethod
-    def _model_uri(cls, model: str) -> str:
-        return _registry_uri(model)
-
-
 def _registry_uri(model: str) -> str:
     if not MODEL_URI.match(model):
         raise ValueError("must look like models:/name@alias or models:/name/3")
     return model
 
 
+RegistryUri = Annotated[str, AfterValidator(_registry_uri)]
+
+
+class CanarySpec(Strict):
+    """A champion/challenger split: a share of requests goes to a second version of the same model."""
+
+    model: RegistryUri = Field(description="models:/<name>@<alias> or models:/<name>/<version>, same name as "
+                                           "`model`")
+    traffic_percent: float = Field(10.0, gt=0.0, lt=100.0, description="share of requests it answers")
+
+
 class ServiceSpec(Strict):
     """A model endpoint: which model, how it scales, batches, admits and authenticates requests."""
 
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-    model: str = Field(description="models:/<name>@<alias> or models:/<name>/<version>")
+    model: RegistryUri = Field(description="models:/<name>@<alias> or models:/<name>/<version>")
     route_prefix: str = Field("/", pattern=r"^/")
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
@@ -89,11 +89,6 @@ class ServiceSpec(Strict):
     reload_interval_s: float = Field(
         10.0, ge=0.0, description="how often replicas check the alias and hot-swap to its new version (0: never)")
     canary: CanarySpec | None = Field(None, description="send a share of requests to a challenger version")
-
-    @field_validator("model")
-    @classmethod
-    def _model_uri(cls, model: str) -> str:
-        return _registry_uri(model)
 
     @model_validator(mode="after")
     def _canary_same_model(self) -> ServiceSpec:
