@@ -9,7 +9,9 @@ The small public SDK::
 
 from __future__ import annotations
 
+import importlib
 import os
+from typing import TYPE_CHECKING, Any
 
 # Token auth stays on: Ray reads the mode when it is first imported, and a driver only sends
 # ~/.ray/auth_token in token mode. Set RAY_AUTH_MODE=disabled yourself for a cluster without auth.
@@ -17,90 +19,32 @@ os.environ.setdefault("RAY_AUTH_MODE", "token")
 # rayline prints its own summary with the run's URL.
 os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
-from pathlib import Path
-
-from rayline.cluster import DEFAULT_STATE_DIR, Platform, connect
-from rayline.cluster import down as _down
-from rayline.cluster import status as _status
-from rayline.cluster import up as _up
-from rayline.errors import RaylineError, SpecError
-from rayline.pipeline import PipelineResult, Progress
-from rayline.pipeline import run as _run_pipeline
-from rayline.serve import Endpoint
-from rayline.serve import deploy as _deploy
-from rayline.spec import Overrides, PipelineSpec, ServiceSpec, load_service_spec, load_spec, with_overrides
-from rayline.tracking import PromotionDecision, move_alias, rollback_alias
+if TYPE_CHECKING:
+    from rayline.sdk import (
+        Endpoint,
+        PipelineResult,
+        PipelineSpec,
+        Platform,
+        PromotionDecision,
+        RaylineError,
+        ServiceSpec,
+        SpecError,
+        connect,
+        down,
+        load_service_spec,
+        load_spec,
+        promote,
+        rollback,
+        run,
+        serve,
+        status,
+        up,
+    )
 
 __version__ = "0.1.0"
 
-
-def run(
-    spec: str | Path | PipelineSpec,
-    overrides: Overrides = None,
-    *,
-    ray_address: str | None = None,
-    tracking_uri: str | None = None,
-    storage_uri: str | None = None,
-    state_dir: str | Path = DEFAULT_STATE_DIR,
-    progress: Progress | None = None,
-    verbose: bool = False,
-) -> PipelineResult:
-    """Run a pipeline spec end to end and return its result.
-
-    With no addresses (arguments or ``RAY_ADDRESS`` / ``MLFLOW_TRACKING_URI``), the embedded local
-    platform in ``state_dir`` is started or reused. ``progress(stage, message)`` receives progress lines;
-    ``verbose`` streams Ray's worker logs.
-    """
-    loaded = with_overrides(spec, overrides) if isinstance(spec, PipelineSpec) else load_spec(spec, overrides)
-    platform = connect(ray_address, tracking_uri, storage_uri, state_dir)
-    return _run_pipeline(loaded, platform, progress, verbose)
-
-
-def serve(
-    spec: str | Path | ServiceSpec,
-    overrides: Overrides = None,
-    *,
-    ray_address: str | None = None,
-    tracking_uri: str | None = None,
-    state_dir: str | Path = DEFAULT_STATE_DIR,
-) -> Endpoint:
-    """Deploy (or update) a service spec on Ray Serve and return its endpoint (``.url``, ``.predict(rows)``)."""
-    loaded = spec if isinstance(spec, ServiceSpec) else load_service_spec(spec, overrides)
-    return _deploy(loaded, connect(ray_address, tracking_uri, None, state_dir))
-
-
-def promote(name: str, version: str | int, alias: str = "champion", *, tracking_uri: str | None = None,
-            state_dir: str | Path = DEFAULT_STATE_DIR) -> str | None:
-    """Point ``name@alias`` at ``version`` (running endpoints swap to it); return the previous holder."""
-    return move_alias(_tracking_uri(tracking_uri, state_dir), name, alias, str(version))
-
-
-def rollback(name: str, alias: str = "champion", *, tracking_uri: str | None = None,
-             state_dir: str | Path = DEFAULT_STATE_DIR) -> str:
-    """Move ``name@alias`` back to the version that held it before; return that version."""
-    return rollback_alias(_tracking_uri(tracking_uri, state_dir), name, alias)
-
-
-def _tracking_uri(tracking_uri: str | None, state_dir: str | Path) -> str:
-    """The given URI, else ``MLFLOW_TRACKING_URI``, else the embedded platform's server (started if needed)."""
-    return tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or _up(state_dir).tracking_uri
-
-
-def up(state_dir: str | Path = DEFAULT_STATE_DIR, num_cpus: int | None = None) -> Platform:
-    """Start (or reuse) the embedded local platform: Ray head + MLflow server on 127.0.0.1."""
-    return _up(state_dir, num_cpus)
-
-
-def down(state_dir: str | Path = DEFAULT_STATE_DIR) -> bool:
-    """Stop the embedded platform; False if none was running."""
-    return _down(state_dir)
-
-
-def status(state_dir: str | Path = DEFAULT_STATE_DIR) -> dict[str, object]:
-    """Addresses and liveness of the embedded platform."""
-    return _status(state_dir)
-
-
+# Attributes are imported on first use, so that a Ray worker importing one stage (``rayline.train.loop``)
+# loads only what that stage needs, not the whole SDK (Serve, MLflow, the pipeline).
 __all__ = [
     "Endpoint",
     "PipelineResult",
@@ -121,3 +65,9 @@ __all__ = [
     "status",
     "up",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in __all__:
+        return getattr(importlib.import_module("rayline.sdk"), name)
+    raise AttributeError(f"module 'rayline' has no attribute {name!r}")

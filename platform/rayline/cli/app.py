@@ -65,6 +65,7 @@ def run(
     typer.echo(f"  model          {result.model_uri}  (version {result.model_version})")
     typer.echo(f"  promotion      {'PROMOTED' if result.promotion.promoted else 'kept'}: {result.promotion.reason}")
     typer.echo(f"  MLflow UI      {result.run_url}")
+    typer.echo("  stages (s)     " + " | ".join(f"{name} {seconds:.1f}" for name, seconds in result.stages.items()))
 
 
 @app.command()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -71,10 +72,10 @@ class FittedPreprocessor:
         classes = self.classes
         return len(classes) if classes is not None else 1
 
-    def transform_dataset(self, dataset: ray.data.Dataset) -> ray.data.Dataset:
-        """Lazy Ray Data transform to two columns: ``features`` (float32 vector) and the encoded label."""
+    def transform_dataset(self, dataset: ray.data.Dataset, keep: Sequence[str] = ()) -> ray.data.Dataset:
+        """Lazy Ray Data transform to ``features`` (float32 vector), the encoded label and the ``keep`` columns."""
         steps = [*self.feature_steps, *([self.label_encoder] if self.label_encoder else [])]
-        return Chain(*steps).transform(dataset).select_columns([FEATURES, self.label])
+        return Chain(*steps).transform(dataset).select_columns([FEATURES, self.label, *keep])
 
     def transform_frame(self, frame: pd.DataFrame) -> np.ndarray:
         """The same steps on a pandas frame of raw input columns: a (rows, num_features) float32 array."""

@@ -1,25 +1,36 @@
-"""Read → validate → split → fit preprocessing: everything training needs, checked before any worker starts."""
+"""Read → validate → split → fit → transform once: everything training needs, before any worker starts.
+
+Each source row is split and transformed once per run, never per epoch. Where the data fits in Ray's object
+store the prepared splits are materialized there; otherwise they are written once as Parquet (a float32
+``features`` tensor column and the encoded label) under the run's storage, and every epoch streams those files.
+"""
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 
 import pandas as pd
+import pyarrow.fs as pafs
+import ray
 import ray.data
 
-from rayline.data.fitted import FittedPreprocessor
+from rayline.data.fitted import FEATURES, FittedPreprocessor
 from rayline.data.sources import SourceInfo, read_source
-from rayline.data.split import SPLITS, assign_splits, count_splits, select_split
+from rayline.data.split import SPLIT_COLUMN, SPLITS, assign_splits, count_splits, select_split
 from rayline.data.validate import check_schema
 from rayline.errors import SpecError
 from rayline.spec import PipelineSpec
+from rayline.stages import StageClock
 
-CACHE_MAX_ROWS = 200_000
+CACHE_MAX_STORE_FRACTION = 0.2  # by default, cache when the raw rows take at most this share of the object store
+BYTES_PER_VALUE = 8
 
 
 @dataclass
 class PreparedData:
-    """Preprocessed, lazily streamed splits plus the fitted preprocessor and what tracking records."""
+    """Preprocessed splits (materialized, or streamed from prepared Parquet), the fitted preprocessor, and
+    what tracking records."""
 
     datasets: dict[str, ray.data.Dataset]
     raw_splits: dict[str, ray.data.Dataset]
@@ -27,11 +38,22 @@ class PreparedData:
     source: SourceInfo
     counts: dict[str, int]
     input_example: pd.DataFrame
+    cached: bool
+    location: str | None = None
 
     @property
     def input_schema(self) -> dict[str, str]:
         """Raw input column → dtype name, as requests must send them."""
         return {c: str(t) for c, t in self.input_example.dtypes.items()}
+
+    def release(self) -> None:
+        """Delete the prepared Parquet files, if any (the run's storage keeps only checkpoints)."""
+        if self.location is None:
+            return
+        filesystem, path = pafs.FileSystem.from_uri(self.location)
+        if filesystem.get_file_info(path).type != pafs.FileType.NotFound:
+            filesystem.delete_dir(path)
+        self.location = None
 
 
 def schema_of(dataset: ray.data.Dataset) -> dict[str, object]:
@@ -42,31 +64,44 @@ def schema_of(dataset: ray.data.Dataset) -> dict[str, object]:
     return dict(zip(schema.names, schema.types, strict=True))
 
 
-def prepare(spec: PipelineSpec, storage_uri: str) -> PreparedData:
-    """Prepare ``spec.data`` for training; raises :class:`SpecError` naming the field on bad data."""
-    raw, source = read_source(spec.data, storage_uri)
-    schema = schema_of(raw)
-    if not schema:
-        raise SpecError(f"{spec.data.source} has zero rows", field="data.source")
-    features, steps = check_schema(spec, schema)
-    label = spec.data.label
-    raw = raw.select_columns([*features, label])
-    assigned = assign_splits(raw, spec.data.split)
-    counts = count_splits(assigned)
-    if sum(counts.values()) == 0:
-        raise SpecError(f"{spec.data.source} has zero rows", field="data.source")
-    required = [name for name in SPLITS if name != "validation" or spec.data.split.validation > 0]
-    for name in required:
-        if counts[name] == 0:
-            raise SpecError(f"the {name} split is empty ({counts}); add rows or change the fractions",
-                            field="data.split")
-    splits = {name: select_split(assigned, name) for name in SPLITS}
-    preprocessor = FittedPreprocessor.fit(splits["train"], raw, steps, features, label, spec.data.task)
-    example = splits["test"].take_batch(5, batch_format="pandas")[preprocessor.input_columns]
-    datasets = {name: preprocessor.transform_dataset(ds) for name, ds in splits.items() if counts[name]}
-    cache = spec.data.cache if spec.data.cache is not None else sum(counts.values()) <= CACHE_MAX_ROWS
-    if cache:
-        datasets = {name: ds.materialize() for name, ds in datasets.items()}
+def fits_in_store(rows: int, columns: int) -> bool:
+    """Whether ``rows`` times ``columns`` values fit comfortably in the cluster's object store."""
+    store = ray.cluster_resources().get("object_store_memory", 0.0)
+    return rows * columns * BYTES_PER_VALUE <= CACHE_MAX_STORE_FRACTION * store
+
+
+def prepare(spec: PipelineSpec, storage_uri: str, clock: StageClock | None = None) -> PreparedData:
+    """Prepare ``spec.data`` for training; raises :class:`SpecError` naming the field on bad data.
+
+    ``clock`` receives the time spent in ``data`` (read, validate, split, count), ``preprocess_fit`` and
+    ``preprocess_apply`` (every row transformed once, into the object store or into prepared Parquet)."""
+    clock = clock or StageClock()
+    with clock.stage("data"):
+        raw, source = read_source(spec.data, storage_uri)
+        schema = schema_of(raw)
+        if not schema:
+            raise SpecError(f"{spec.data.source} has zero rows", field="data.source")
+        features, steps = check_schema(spec, schema)
+        label = spec.data.label
+        raw = raw.select_columns([*features, label])
+        cache = spec.data.cache if spec.data.cache is not None else fits_in_store(raw.count(), len(features) + 1)
+        assigned = assign_splits(raw, spec.data.split)
+        if cache:
+            assigned = assigned.materialize()  # the source is read and split once; later passes are in memory
+        counts = count_splits(assigned)
+        _check_counts(spec, counts)
+        splits = {name: select_split(assigned, name) for name in SPLITS}
+    with clock.stage("preprocess_fit"):
+        preprocessor = FittedPreprocessor.fit(splits["train"], assigned, steps, features, label, spec.data.task)
+        example = splits["test"].take_batch(5, batch_format="pandas")[preprocessor.input_columns]
+    present = [name for name in SPLITS if counts[name]]
+    location = None
+    with clock.stage("preprocess_apply"):
+        if cache:
+            datasets = {name: preprocessor.transform_dataset(splits[name]).materialize() for name in present}
+        else:
+            location = f"{storage_uri.rstrip('/')}/prepared/{spec.name}-{uuid.uuid4().hex[:12]}"
+            datasets = _write_prepared(assigned, preprocessor, location, present)
     return PreparedData(
         datasets=datasets,
         raw_splits=splits,
@@ -74,4 +109,26 @@ def prepare(spec: PipelineSpec, storage_uri: str) -> PreparedData:
         source=source,
         counts=counts,
         input_example=example,
+        cached=cache,
+        location=location,
     )
+
+
+def _check_counts(spec: PipelineSpec, counts: dict[str, int]) -> None:
+    if sum(counts.values()) == 0:
+        raise SpecError(f"{spec.data.source} has zero rows", field="data.source")
+    required = [name for name in SPLITS if name != "validation" or spec.data.split.validation > 0]
+    for name in required:
+        if counts[name] == 0:
+            raise SpecError(f"the {name} split is empty ({counts}); add rows or change the fractions",
+                            field="data.split")
+
+
+def _write_prepared(assigned: ray.data.Dataset, preprocessor: FittedPreprocessor, location: str,
+                    present: list[str]) -> dict[str, ray.data.Dataset]:
+    """Transform every row once, write the splits as Parquet partitions, and open each split for streaming."""
+    transformed = preprocessor.transform_dataset(assigned, keep=[SPLIT_COLUMN])
+    transformed.write_parquet(location, partition_cols=[SPLIT_COLUMN])
+    columns = [FEATURES, preprocessor.label]
+    return {name: ray.data.read_parquet(f"{location}/{SPLIT_COLUMN}={name}", partitioning=None).select_columns(
+        columns) for name in present}

@@ -10,6 +10,7 @@ from pathlib import Path
 from tempfile import TemporaryDirectory
 
 import mlflow
+import torch
 import yaml
 
 from rayline import tracking
@@ -20,6 +21,7 @@ from rayline.models import build_model, resolve_factory
 from rayline.packaged import PYFUNC_ENTRY, PackagedModel
 from rayline.pipeline.progress import epoch_progress
 from rayline.spec import PipelineSpec
+from rayline.stages import StageClock
 from rayline.train import fit, read_weights
 
 Progress = Callable[[str, str], None]
@@ -41,6 +43,7 @@ class PipelineResult:
     counts: dict[str, int]
     wall_s: float
     train_path: str
+    stages: dict[str, float]
 
     @property
     def model_uri(self) -> str:
@@ -65,48 +68,61 @@ def run(
     spec: PipelineSpec, platform: Platform, progress: Progress | None = None, verbose: bool = False
 ) -> PipelineResult:
     """Run the pipeline on ``platform``. Invalid specs, data or resource requests raise :class:`SpecError`
-    before any worker starts or anything is written to MLflow. ``verbose`` streams Ray's worker logs."""
+    before any worker starts or anything is written to MLflow. ``verbose`` streams Ray's worker logs.
+
+    The result's ``stages`` says where the wall time went; the same numbers are logged to the MLflow run as
+    ``stage_<name>_s`` metrics."""
     started = time.perf_counter()
+    clock = StageClock()
     progress = progress or _quiet
     try:
-        resolve_factory(spec.model.name)
-        platform.init_ray(verbose)
-        check_placeable(spec.train.scaling)
+        with clock.stage("connect"):
+            resolve_factory(spec.model.name)
+            platform.init_ray(verbose)
+            check_placeable(spec.train.scaling)
         progress("data", f"reading {spec.data.source}")
-        prepared = prepare(spec, platform.storage_uri)
-        build_model(spec.model, prepared.preprocessor.num_features, prepared.preprocessor.num_outputs)
+        prepared = prepare(spec, platform.storage_uri, clock)
+        with torch.device("meta"):  # checks the model's parameters without allocating its weights
+            build_model(spec.model, prepared.preprocessor.num_features, prepared.preprocessor.num_outputs)
     except SpecError as err:
         err.file = err.file or spec.file
         raise
     counts = prepared.counts
     progress("data", f"{sum(counts.values())} rows: train {counts['train']} / validation {counts['validation']} "
-             f"/ test {counts['test']}; {prepared.preprocessor.num_features} features")
+             f"/ test {counts['test']}; {prepared.preprocessor.num_features} features, "
+             f"{'cached in the object store' if prepared.cached else 'streamed from prepared Parquet'}")
 
     uri = platform.tracking_uri
     mlflow.set_tracking_uri(uri)
-    run_id = tracking.start_run(uri, spec.tracking.experiment, f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}",
-                                {"rayline.pipeline": spec.name, "rayline.spec_file": spec.file or ""})
+    with clock.stage("tracking"):
+        run_id = tracking.start_run(uri, spec.tracking.experiment,
+                                    f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}",
+                                    {"rayline.pipeline": spec.name, "rayline.spec_file": spec.file or ""})
     try:
-        result = _tracked_run(spec, platform, prepared, run_id, progress)
+        result = _tracked_run(spec, platform, prepared, run_id, progress, clock)
     except BaseException:
         tracking.end_run(uri, run_id, "FAILED")
         raise
-    tracking.end_run(uri, run_id)
+    finally:
+        prepared.release()
     result.wall_s = time.perf_counter() - started
+    result.stages = {**clock.seconds, "other": max(0.0, result.wall_s - sum(clock.seconds.values()))}
+    tracking.log_metrics(uri, run_id, {f"stage_{name}_s": seconds for name, seconds in result.stages.items()})
+    tracking.end_run(uri, run_id)
     return result
 
 
-def _tracked_run(
-    spec: PipelineSpec, platform: Platform, prepared: PreparedData, run_id: str, progress: Progress
-) -> PipelineResult:
+def _tracked_run(spec: PipelineSpec, platform: Platform, prepared: PreparedData, run_id: str, progress: Progress,
+                 clock: StageClock) -> PipelineResult:
     uri = platform.tracking_uri
-    tracking.log_params(uri, run_id, tracking.flatten(spec.model_dump(mode="json")))
-    tracking.log_text(uri, run_id, yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False), "spec.yaml")
-    if spec.file:
-        tracking.log_text(uri, run_id, Path(spec.file).read_text(), f"spec/{Path(spec.file).name}")
-    source = prepared.source
-    tracking.log_dataset(run_id, source.name, source.uri, source.digest, prepared.input_schema)
-    tracking.log_metrics(uri, run_id, {f"rows_{name}": n for name, n in prepared.counts.items()})
+    with clock.stage("tracking"):
+        tracking.log_params(uri, run_id, tracking.flatten(spec.model_dump(mode="json")))
+        tracking.log_text(uri, run_id, yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False), "spec.yaml")
+        if spec.file:
+            tracking.log_text(uri, run_id, Path(spec.file).read_text(), f"spec/{Path(spec.file).name}")
+        source = prepared.source
+        tracking.log_dataset(run_id, source.name, source.uri, source.digest, prepared.input_schema)
+        tracking.log_metrics(uri, run_id, {f"rows_{name}": n for name, n in prepared.counts.items()})
 
     scaling = spec.train.scaling
     progress("train", f"{scaling.num_workers} worker(s), {'GPU' if scaling.use_gpu else 'CPU'}, "
@@ -114,16 +130,18 @@ def _tracked_run(
     with epoch_progress(uri, run_id, spec.train.epochs, progress):
         outcome = fit(spec, prepared, platform.storage_uri, run_name=f"{spec.name}-{run_id[:12]}",
                       tracking_uri=uri, run_id=run_id)
+    clock.add(outcome.stages)
     cost = spec.tracking.cost
     metrics = {**outcome.test_metrics, **tracking.cost_metrics(
         outcome.wall_s, scaling.num_workers, scaling.resources_per_worker, scaling.use_gpu,
         cost.cpu_hour, cost.gpu_hour)}
-    tracking.log_metrics(uri, run_id, metrics)
     progress("train", ", ".join(f"{k}={v:.4f}" for k, v in outcome.test_metrics.items())
              + f" in {outcome.wall_s:.1f} s")
 
     progress("package", "logging the model (weights + preprocessor + signature)")
-    with TemporaryDirectory() as tmp:
+    with clock.stage("packaging"), TemporaryDirectory() as tmp:
+        resumed = {} if outcome.resumed_from_epoch is None else {"resumed_from_epoch": outcome.resumed_from_epoch}
+        tracking.log_metrics(uri, run_id, {**metrics, **resumed})
         directory = PackagedModel.write(Path(tmp) / "model", read_weights(outcome.checkpoint),
                                         prepared.preprocessor, spec.model)
         example = prepared.input_example
@@ -131,13 +149,15 @@ def _tracked_run(
         model_uri = tracking.log_pyfunc(run_id, PYFUNC_ENTRY, {"model": str(directory)}, example, output,
                                         code_paths=[Path(__file__).parents[1]], pip_requirements=_requirements())
     name = spec.tracking.model_name
-    version = tracking.register(uri, model_uri, name)
-    metric, mode = spec.promotion
-    decision = tracking.promote_if_better(uri, name, version, spec.tracking.alias, metric, mode, metrics[metric])
+    with clock.stage("registration"):
+        version = tracking.register(uri, model_uri, name)
+        metric, mode = spec.promotion
+        decision = tracking.promote_if_better(uri, name, version, spec.tracking.alias, metric, mode,
+                                              metrics[metric])
+        experiment_id = mlflow.get_run(run_id).info.experiment_id
     progress("register", f"{name} version {version}; {decision.reason}")
-    experiment_id = mlflow.get_run(run_id).info.experiment_id
     return PipelineResult(
         run_id=run_id, experiment_id=experiment_id, model_name=name, model_version=version, metrics=metrics,
         promotion=decision, tracking_uri=uri, resumed_from_epoch=outcome.resumed_from_epoch,
-        counts=prepared.counts, wall_s=0.0, train_path=outcome.path,
+        counts=prepared.counts, wall_s=0.0, train_path=outcome.path, stages={},
     )

@@ -2,17 +2,28 @@
 
 from __future__ import annotations
 
+import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.data import Dataset
+from ray.train import Checkpoint, CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from rayline.data import PreparedData
 from rayline.errors import RaylineError
 from rayline.spec import PipelineSpec
 from rayline.train.loop import LoopConfig, train_loop
+from rayline.train.tracking_callback import EpochMetricsToMlflow
+
+# Ray Train's controller collects each worker's report when it polls the workers (every 2 s by default), and a
+# worker's next report waits until the previous one was collected: epochs shorter than the interval would wait
+# for it. Ray propagates this variable from the driver to the controller.
+POLL_INTERVAL_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
+POLL_INTERVAL_S = "0.2"
 
 
 class TrainingFailed(RaylineError):
@@ -30,6 +41,7 @@ class TrainOutcome:
     world_size: int
     wall_s: float
     path: str
+    stages: dict[str, float]
 
 
 def fit(spec: PipelineSpec, prepared: PreparedData, storage_uri: str, run_name: str,
@@ -43,31 +55,35 @@ def fit(spec: PipelineSpec, prepared: PreparedData, storage_uri: str, run_name: 
         num_features=prepared.preprocessor.num_features,
         num_outputs=prepared.preprocessor.num_outputs,
         splits=list(prepared.datasets),
-        tracking_uri=tracking_uri,
-        run_id=run_id,
+        presharded=prepared.cached,
     )
     scaling = spec.train.scaling
+    datasets, data_config = _worker_datasets(prepared, scaling.num_workers)
     trainer = TorchTrainer(
         train_loop,
         train_loop_config=asdict(config),
         scaling_config=ScalingConfig(num_workers=scaling.num_workers, use_gpu=scaling.use_gpu,
                                      resources_per_worker=dict(scaling.resources_per_worker)),
-        datasets=prepared.datasets,
+        datasets=datasets,
+        dataset_config=data_config,
         run_config=RunConfig(
             name=run_name,
             storage_path=f"{storage_uri.rstrip('/')}/train",
             failure_config=FailureConfig(max_failures=spec.train.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
+            callbacks=[EpochMetricsToMlflow(tracking_uri, run_id)] if tracking_uri and run_id else [],
         ),
     )
-    started = time.perf_counter()
+    started, started_at = time.perf_counter(), time.time()
     try:
-        result = trainer.fit()
+        with _controller_poll_interval():
+            result = trainer.fit()
     except Exception as err:  # Ray raises TrainingFailedError wrapping the worker's exception
         raise TrainingFailed(f"training failed (up to {spec.train.max_failures} restart(s) allowed): {err}") from err
     value: dict[str, Any] = result.return_value or {}
     if result.error is not None or result.checkpoint is None or not value:
         raise TrainingFailed(f"training did not finish: {result.error or 'no checkpoint was reported'}")
+    finished_at = time.time()
     return TrainOutcome(
         checkpoint=result.checkpoint,
         test_metrics={k: v for k, v in value["test"].items() if not k.endswith("_rows")},
@@ -76,4 +92,39 @@ def fit(spec: PipelineSpec, prepared: PreparedData, storage_uri: str, run_name: 
         world_size=value["world_size"],
         wall_s=time.perf_counter() - started,
         path=result.path,
+        stages=_stages(value["timings"], started_at, finished_at),
     )
+
+
+def _worker_datasets(prepared: PreparedData, workers: int) -> tuple[dict[str, Dataset], DataConfig]:
+    """What each worker iterates. Materialized splits are cut once into equal per-rank shards
+    (``Dataset.split``): an epoch then reads blocks already in the object store, with no split coordinator
+    to start or to synchronise with. Streamed splits go through Ray Train's ``streaming_split``, which reads
+    the prepared Parquet again each epoch."""
+    if not prepared.cached:
+        return prepared.datasets, DataConfig()
+    shards = {f"{name}_rank{rank}": shard for name, dataset in prepared.datasets.items()
+              for rank, shard in enumerate(dataset.split(workers, equal=True))}
+    return shards, DataConfig(datasets_to_split=[])
+
+
+def _stages(timings: dict[str, float], started_at: float, finished_at: float) -> dict[str, float]:
+    """Where ``fit`` spent its wall time, from rank 0's clock readings (the last attempt's, after a restart)."""
+    return {
+        "worker_start": max(0.0, timings["loop_entered_at"] - started_at) + timings["setup_s"],
+        "epochs": timings["epochs_s"],
+        "test_evaluation": timings["test_s"],
+        "worker_stop": max(0.0, finished_at - timings["loop_left_at"]),
+    }
+
+
+@contextmanager
+def _controller_poll_interval() -> Iterator[None]:
+    """Poll workers every ``POLL_INTERVAL_S`` during ``fit`` unless the user chose an interval."""
+    chosen = os.environ.get(POLL_INTERVAL_ENV)
+    os.environ[POLL_INTERVAL_ENV] = chosen or POLL_INTERVAL_S
+    try:
+        yield
+    finally:
+        if chosen is None:
+            os.environ.pop(POLL_INTERVAL_ENV, None)

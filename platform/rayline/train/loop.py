@@ -15,7 +15,6 @@ from torch import nn
 from rayline.data import FEATURES
 from rayline.models import build_model
 from rayline.spec import ModelSpec, TrainSpec
-from rayline.tracking.metrics import log_metrics
 from rayline.train.checkpoint import load_checkpoint, report_with_checkpoint
 from rayline.train.strategy import get_strategy
 
@@ -31,8 +30,7 @@ class LoopConfig:
     num_features: int
     num_outputs: int
     splits: list[str]
-    tracking_uri: str | None = None
-    run_id: str | None = None
+    presharded: bool = False  # each split arrives as one dataset per rank, "<split>_rank<rank>"
 
 
 def _optimizer(spec: TrainSpec, model: nn.Module) -> torch.optim.Optimizer:
@@ -81,7 +79,8 @@ class Scorer:
 
 def _batches(split: str, config: LoopConfig, batch_size: int, device: torch.device):
     label_dtype = torch.long if config.task == "classification" else torch.float32
-    shard = ray.train.get_dataset_shard(split)
+    name = f"{split}_rank{ray.train.get_context().get_world_rank()}" if config.presharded else split
+    shard = ray.train.get_dataset_shard(name)
     dtypes = {FEATURES: torch.float32, config.label: label_dtype}
     return shard.iter_torch_batches(batch_size=batch_size, dtypes=dtypes, device=device)
 
@@ -99,7 +98,11 @@ def evaluate(
 
 
 def train_loop(raw_config: dict[str, Any]) -> dict[str, Any]:
-    """Train for ``train.epochs`` epochs, resuming from the latest checkpoint; evaluate on the test split."""
+    """Train for ``train.epochs`` epochs, resuming from the latest checkpoint; evaluate on the test split.
+
+    Metrics are reported every epoch; a checkpoint travels with the report on ``train.checkpoint_every``'s
+    schedule and after the last epoch. Returns the test metrics and where the worker's time went."""
+    entered_at = time.time()
     config = LoopConfig(**raw_config)
     spec = TrainSpec.model_validate(config.train)
     context = ray.train.get_context()
@@ -116,33 +119,34 @@ def train_loop(raw_config: dict[str, Any]) -> dict[str, Any]:
     if checkpoint is not None:
         resumed_from = int(load_checkpoint(checkpoint, strategy.unwrap(model), optimizer)["epoch"])
         start_epoch = resumed_from + 1
-    tracking = rank == 0 and config.tracking_uri and config.run_id
-    if tracking and resumed_from is not None:
-        log_metrics(config.tracking_uri, config.run_id, {"resumed_from_epoch": resumed_from}, step=start_epoch)
+    timings = {"loop_entered_at": entered_at, "setup_s": time.time() - entered_at, "epochs_s": 0.0}
 
     metrics: dict[str, float] = {}
     for epoch in range(start_epoch, spec.epochs):
+        started = time.perf_counter()
         model.train()
         scorer = Scorer(config.task, device)
-        started = time.perf_counter()
         for batch in _batches("train", config, spec.batch_size, device):
             loss = scorer.loss(model(batch[FEATURES]), batch[config.label])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-        seconds = time.perf_counter() - started
-        metrics = {"epoch": epoch, **scorer.result("train")}
-        metrics["samples_per_s"] = metrics["train_rows"] / max(seconds, 1e-9)
+        train_s = time.perf_counter() - started
+        metrics = {"epoch": epoch, **scorer.result("train"), "epoch_train_s": train_s}
+        metrics["samples_per_s"] = metrics["train_rows"] / max(train_s, 1e-9)
         if "validation" in config.splits:
+            validated = time.perf_counter()
             metrics.update(evaluate(strategy.unwrap(model), "validation", config, spec.batch_size, device))
-        last = epoch == spec.epochs - 1
-        write = (epoch + 1) % spec.checkpoint_every == 0 or last
+            metrics["epoch_val_s"] = time.perf_counter() - validated
+        write = (epoch + 1) % spec.checkpoint_every == 0 or epoch == spec.epochs - 1
         weights = strategy.state_dict(model) if write and rank == 0 else None
+        metrics["epoch_s"] = time.perf_counter() - started
         report_with_checkpoint(metrics, write and rank == 0, weights, optimizer, epoch)
-        if tracking:
-            log_metrics(config.tracking_uri, config.run_id, {k: v for k, v in metrics.items() if k != "epoch"},
-                        step=epoch)
+        timings["epochs_s"] += time.perf_counter() - started
 
+    tested = time.perf_counter()
     test = evaluate(strategy.unwrap(model), "test", config, spec.batch_size, device)
+    timings["test_s"] = time.perf_counter() - tested
+    timings["loop_left_at"] = time.time()
     return {"test": test, "last_epoch_metrics": metrics, "start_epoch": start_epoch,
-            "resumed_from_epoch": resumed_from, "world_size": world}
+            "resumed_from_epoch": resumed_from, "world_size": world, "timings": timings}
