@@ -16,7 +16,7 @@ import ray
 import ray.data
 
 from rayline.data.fitted import FEATURES, FittedPreprocessor
-from rayline.data.sources import SourceInfo, read_source
+from rayline.data.sources import SourceInfo, read_parquet, read_source
 from rayline.data.split import SPLIT_COLUMN, SPLITS, assign_splits, count_splits, select_split
 from rayline.data.validate import check_schema
 from rayline.errors import SpecError
@@ -25,6 +25,7 @@ from rayline.stages import StageClock
 
 CACHE_MAX_STORE_FRACTION = 0.2  # by default, cache when the raw rows take at most this share of the object store
 BYTES_PER_VALUE = 8
+PREPARED_FILE_BYTES = 16 * 2**20  # prepared Parquet files (and so streamed blocks) stay near this size
 
 
 @dataclass
@@ -126,9 +127,12 @@ def _check_counts(spec: PipelineSpec, counts: dict[str, int]) -> None:
 
 def _write_prepared(assigned: ray.data.Dataset, preprocessor: FittedPreprocessor, location: str,
                     present: list[str]) -> dict[str, ray.data.Dataset]:
-    """Transform every row once, write the splits as Parquet partitions, and open each split for streaming."""
+    """Transform every row once, write the splits as Parquet partitions of bounded files, and open each split
+    for streaming."""
     transformed = preprocessor.transform_dataset(assigned, keep=[SPLIT_COLUMN])
-    transformed.write_parquet(location, partition_cols=[SPLIT_COLUMN])
+    row_bytes = preprocessor.num_features * 4 + BYTES_PER_VALUE
+    transformed.write_parquet(location, partition_cols=[SPLIT_COLUMN],
+                              max_rows_per_file=max(1, PREPARED_FILE_BYTES // row_bytes))
     columns = [FEATURES, preprocessor.label]
-    return {name: ray.data.read_parquet(f"{location}/{SPLIT_COLUMN}={name}", partitioning=None).select_columns(
-        columns) for name in present}
+    return {name: read_parquet(f"{location}/{SPLIT_COLUMN}={name}", partitioning=None).select_columns(columns)
+            for name in present}

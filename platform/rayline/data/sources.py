@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import parse_qsl, urlparse
 
 import numpy as np
@@ -34,6 +35,20 @@ class SourceInfo:
     name: str
     uri: str
     digest: str
+
+
+def read_parquet(uri: str, **options: Any) -> ray.data.Dataset:
+    """``ray.data.read_parquet`` through Ray Data's first Parquet datasource.
+
+    Ray 2.60 routes Parquet through its new datasource by default, whose file-listing task took 2.7 s of wall
+    time (60 ms of CPU) per execution here, for a few files: once per epoch for streamed splits. The first
+    datasource read the same files in 0.2 s."""
+    context = ray.data.DataContext.get_current()
+    chosen, context.use_datasource_v2 = context.use_datasource_v2, False
+    try:
+        return ray.data.read_parquet(uri, **options)
+    finally:
+        context.use_datasource_v2 = chosen
 
 
 def read_source(data: DataSpec, storage_uri: str) -> tuple[ray.data.Dataset, SourceInfo]:
@@ -72,7 +87,7 @@ def read_files(source: str, fmt: str = "auto", field: str = "data.source") -> tu
         fmt = "csv" if suffix == ".csv" else "parquet" if suffix in {".parquet", ".pq", ""} else ""
         if not fmt:
             raise SpecError(f"cannot tell the format of {source!r} (.csv or .parquet)", field=field)
-    dataset = ray.data.read_csv(source) if fmt == "csv" else ray.data.read_parquet(source)
+    dataset = ray.data.read_csv(source) if fmt == "csv" else read_parquet(source)
     stamp = json.dumps([source, info.size, info.mtime_ns]).encode()
     name = os.path.basename(path.rstrip("/")) or source
     return dataset, SourceInfo(name=name, uri=source, digest=hashlib.sha256(stamp).hexdigest()[:16])
@@ -100,7 +115,7 @@ def _read_synthetic(source: str, storage_uri: str) -> tuple[ray.data.Dataset, So
         ).write_parquet(target)
         with filesystem.open_output_stream(f"{path}/_SUCCESS") as marker:
             marker.write(b"")
-    return ray.data.read_parquet(target), SourceInfo(name="synthetic", uri=source, digest=digest)
+    return read_parquet(target), SourceInfo(name="synthetic", uri=source, digest=digest)
 
 
 def _synthetic_rows(batch: dict[str, np.ndarray], options: dict[str, int]) -> dict[str, np.ndarray]:
