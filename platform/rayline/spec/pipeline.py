@@ -42,8 +42,10 @@ class DataSpec(Strict):
     task: Literal["classification", "regression"]
     split: SplitSpec = SplitSpec()
     cache: bool | None = Field(
-        None, description="keep the preprocessed splits in Ray's object store (never the driver) instead of "
-        "re-reading every epoch; default: cache when the source has at most 200,000 rows")
+        None, description="true: keep the preprocessed splits in Ray's object store (never the driver); false: "
+        "write them once as float32 Parquet under the run's storage and stream those files every epoch. Either "
+        "way each row is split and transformed once per run. Default: cache when the raw rows fit in a fifth "
+        "of the object store")
 
 
 class _Step(Strict):
