@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import importlib
 import os
+import sys
+import types
 from typing import TYPE_CHECKING, Any
 
 # Token auth stays on: Ray reads the mode when it is first imported, and a driver only sends
@@ -68,6 +70,20 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    if name in __all__:
-        return getattr(importlib.import_module("rayline.sdk"), name)
-    raise AttributeError(f"module 'rayline' has no attribute {name!r}")
+    if name not in __all__:
+        raise AttributeError(f"module 'rayline' has no attribute {name!r}")
+    sdk = importlib.import_module("rayline.sdk")
+    globals().update({public: getattr(sdk, public) for public in __all__})
+    return globals()[name]
+
+
+class _Facade(types.ModuleType):
+    """Importing the ``rayline.serve`` subpackage would bind it as ``rayline.serve``: the SDK function keeps the
+    name (the subpackage stays importable as ``rayline.serve`` through ``sys.modules``)."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if not (name in __all__ and isinstance(value, types.ModuleType)):
+            super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Facade
