@@ -41,14 +41,21 @@ def platform(state_dir: Path) -> Iterator[rayline.Platform]:
     import ray
 
     from rayline.cluster.embedded import read_state
-    from rayline.cluster.processes import session_members
+    from rayline.cluster.processes import session_members, wait_until
 
     ray.shutdown()
     ray_session = read_state(state_dir).ray_group
     assert rayline.down(state_dir)
     assert not rayline.status(state_dir)["running"]
-    # Everything `ray start` spawned is gone, the HAProxy that Serve started in a process group of its own included.
-    assert not [" ".join(p.cmdline()) for p in session_members(ray_session)]
+    # Everything `ray start` spawned is gone, the HAProxy that Serve started in a process group of its own included
+    # (a process that `down` has killed may still be exiting: it gets a few seconds to go).
+    left: list[str] = []
+
+    def all_gone() -> bool:
+        left[:] = [f"pid {p.pid}: {p.info['cmdline']}" for p in session_members(ray_session)]
+        return not left
+
+    wait_until(all_gone, 15, "the Ray session's processes to exit", lambda: f"still running: {left}")
 
 
 @pytest.fixture(scope="session")

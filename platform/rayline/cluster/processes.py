@@ -71,7 +71,7 @@ def stop_process_group(group_id: int, must_contain: str, grace_s: float = 10.0) 
 
 def session_members(session_id: int) -> list[psutil.Process]:
     """The live processes (zombies excepted) whose process group or session is ``session_id``."""
-    return [p for p in psutil.process_iter(["status"])
+    return [p for p in psutil.process_iter(["status", "cmdline"])
             if p.info["status"] != psutil.STATUS_ZOMBIE and session_id in _group_and_session(p)]
 
 
