@@ -1,4 +1,6 @@
-"""The SDK facade behind ``import rayline``: run, serve, promote, rollback and the platform's lifecycle."""
+"""The SDK facade behind ``import rayline``: run, serve, promote, rollback and the platform's lifecycle.
+
+``rayline/__init__.py`` lists the public names (``__all__``) and imports this module on first use."""
 
 from __future__ import annotations
 
@@ -9,13 +11,15 @@ from rayline.cluster import DEFAULT_STATE_DIR, Platform, connect
 from rayline.cluster import down as _down
 from rayline.cluster import status as _status
 from rayline.cluster import up as _up
-from rayline.errors import RaylineError, SpecError
+from rayline.errors import RaylineError as RaylineError
+from rayline.errors import SpecError as SpecError
 from rayline.pipeline import PipelineResult, Progress
 from rayline.pipeline import run as _run_pipeline
 from rayline.serve import Endpoint
 from rayline.serve import deploy as _deploy
 from rayline.spec import Overrides, PipelineSpec, ServiceSpec, load_service_spec, load_spec, with_overrides
-from rayline.tracking import PromotionDecision, move_alias, rollback_alias
+from rayline.tracking import PromotionDecision as PromotionDecision
+from rayline.tracking import move_alias, rollback_alias
 
 
 def run(
@@ -83,25 +87,3 @@ def down(state_dir: str | Path = DEFAULT_STATE_DIR) -> bool:
 def status(state_dir: str | Path = DEFAULT_STATE_DIR) -> dict[str, object]:
     """Addresses and liveness of the embedded platform."""
     return _status(state_dir)
-
-
-__all__ = [
-    "Endpoint",
-    "PipelineResult",
-    "PipelineSpec",
-    "Platform",
-    "PromotionDecision",
-    "RaylineError",
-    "ServiceSpec",
-    "SpecError",
-    "connect",
-    "down",
-    "load_service_spec",
-    "load_spec",
-    "promote",
-    "rollback",
-    "run",
-    "serve",
-    "status",
-    "up",
-]
