@@ -14,6 +14,7 @@ import pandas as pd
 import pyarrow.fs as pafs
 import ray
 import ray.data
+from ray.data.dataset import MaterializedDataset
 
 from rayline.data.fitted import FEATURES, FittedPreprocessor
 from rayline.data.sources import SourceInfo, read_parquet, read_source
@@ -25,7 +26,7 @@ from rayline.stages import StageClock
 
 CACHE_MAX_STORE_FRACTION = 0.2  # by default, cache when the raw rows take at most this share of the object store
 BYTES_PER_VALUE = 8
-PREPARED_FILE_BYTES = 16 * 2**20  # prepared Parquet files (and so streamed blocks) stay near this size
+PREPARED_FILE_BYTES = 4 * 2**20  # prepared Parquet files (and so streamed blocks) stay near this size
 
 
 @dataclass
@@ -39,8 +40,13 @@ class PreparedData:
     source: SourceInfo
     counts: dict[str, int]
     input_example: pd.DataFrame
-    cached: bool
+    materialized: frozenset[str]
     location: str | None = None
+
+    @property
+    def cached(self) -> bool:
+        """Whether every split is held in the object store (nothing is streamed from prepared Parquet)."""
+        return self.materialized == frozenset(self.datasets)
 
     @property
     def input_schema(self) -> dict[str, str]:
@@ -103,6 +109,12 @@ def prepare(spec: PipelineSpec, storage_uri: str, clock: StageClock | None = Non
         else:
             location = f"{storage_uri.rstrip('/')}/prepared/{spec.name}-{uuid.uuid4().hex[:12]}"
             datasets = _write_prepared(assigned, preprocessor, location, present)
+            # Evaluation splits are read once into the object store where they fit: only training streams.
+            width = preprocessor.num_features + 1
+            for name in present:
+                if name != "train" and fits_in_store(counts[name], width):
+                    datasets[name] = datasets[name].materialize()
+        materialized = frozenset(name for name, ds in datasets.items() if isinstance(ds, MaterializedDataset))
     return PreparedData(
         datasets=datasets,
         raw_splits=splits,
@@ -110,7 +122,7 @@ def prepare(spec: PipelineSpec, storage_uri: str, clock: StageClock | None = Non
         source=source,
         counts=counts,
         input_example=example,
-        cached=cache,
+        materialized=materialized,
         location=location,
     )
 

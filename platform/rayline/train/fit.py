@@ -55,7 +55,7 @@ def fit(spec: PipelineSpec, prepared: PreparedData, storage_uri: str, run_name: 
         num_features=prepared.preprocessor.num_features,
         num_outputs=prepared.preprocessor.num_outputs,
         splits=list(prepared.datasets),
-        presharded=prepared.cached,
+        presharded=sorted(prepared.materialized),
     )
     scaling = spec.train.scaling
     datasets, data_config = _worker_datasets(prepared, scaling.num_workers)
@@ -98,14 +98,17 @@ def fit(spec: PipelineSpec, prepared: PreparedData, storage_uri: str, run_name: 
 
 def _worker_datasets(prepared: PreparedData, workers: int) -> tuple[dict[str, Dataset], DataConfig]:
     """What each worker iterates. Materialized splits are cut once into equal per-rank shards
-    (``Dataset.split``): an epoch then reads blocks already in the object store, with no split coordinator
-    to start or to synchronise with. Streamed splits go through Ray Train's ``streaming_split``, which reads
-    the prepared Parquet again each epoch."""
-    if not prepared.cached:
-        return prepared.datasets, DataConfig()
-    shards = {f"{name}_rank{rank}": shard for name, dataset in prepared.datasets.items()
-              for rank, shard in enumerate(dataset.split(workers, equal=True))}
-    return shards, DataConfig(datasets_to_split=[])
+    (``Dataset.split``, named ``<split>_rank<rank>``): an epoch then reads blocks already in the object store,
+    with no split coordinator to start or to synchronise with. Streamed splits go through Ray Train's
+    ``streaming_split``, which reads the prepared Parquet again each epoch."""
+    datasets: dict[str, Dataset] = {}
+    for name, dataset in prepared.datasets.items():
+        if name in prepared.materialized:
+            datasets |= {f"{name}_rank{rank}": shard for rank, shard in enumerate(dataset.split(workers, equal=True))}
+        else:
+            datasets[name] = dataset
+    streamed = [name for name in prepared.datasets if name not in prepared.materialized]
+    return datasets, DataConfig(datasets_to_split=streamed)
 
 
 def _stages(timings: dict[str, float], started_at: float, finished_at: float) -> dict[str, float]:

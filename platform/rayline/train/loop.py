@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import ray.train
@@ -30,7 +30,7 @@ class LoopConfig:
     num_features: int
     num_outputs: int
     splits: list[str]
-    presharded: bool = False  # each split arrives as one dataset per rank, "<split>_rank<rank>"
+    presharded: list[str] = field(default_factory=list)  # splits that arrive as one dataset per rank
 
 
 def _optimizer(spec: TrainSpec, model: nn.Module) -> torch.optim.Optimizer:
@@ -79,7 +79,7 @@ class Scorer:
 
 def _batches(split: str, config: LoopConfig, batch_size: int, device: torch.device):
     label_dtype = torch.long if config.task == "classification" else torch.float32
-    name = f"{split}_rank{ray.train.get_context().get_world_rank()}" if config.presharded else split
+    name = f"{split}_rank{ray.train.get_context().get_world_rank()}" if split in config.presharded else split
     shard = ray.train.get_dataset_shard(name)
     dtypes = {FEATURES: torch.float32, config.label: label_dtype}
     return shard.iter_torch_batches(batch_size=batch_size, dtypes=dtypes, device=device)
