@@ -33,6 +33,8 @@ CASES = {
     "GPU on a CPU-only cluster": (lambda tmp: {"train.scaling.use_gpu": True}, "train.scaling.use_gpu", "GPU"),
     "model import path that does not import": (lambda tmp: {"model.name": "no_such_package.nets:Net"},
                                                "model.name", "cannot import"),
+    "model params that do not fit the data, streamed": (
+        lambda tmp: {"data.cache": False, "model.params.input_shape": [1, 4, 4]}, "model.params", "holds 16 values"),
 }
 
 
@@ -50,3 +52,5 @@ def test_bad_input_is_refused_before_work(case: str, platform: rayline.Platform,
     assert str(error).startswith(f"{PIPELINES / 'digits.yaml'}: {field}: ")
     assert mlflow_client.get_experiment_by_name(unique) is None
     assert mlflow_client.search_registered_models(f"name = '{unique}'") == []
+    # Data prepared as Parquet before the failing check is deleted with the run.
+    assert not list((Path(platform.storage_uri) / "prepared").glob("digits-*"))

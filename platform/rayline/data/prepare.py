@@ -55,12 +55,9 @@ class PreparedData:
 
     def release(self) -> None:
         """Delete the prepared Parquet files, if any (the run's storage keeps only checkpoints)."""
-        if self.location is None:
-            return
-        filesystem, path = pafs.FileSystem.from_uri(self.location)
-        if filesystem.get_file_info(path).type != pafs.FileType.NotFound:
-            filesystem.delete_dir(path)
-        self.location = None
+        if self.location is not None:
+            _delete_dir(self.location)
+            self.location = None
 
 
 def schema_of(dataset: ray.data.Dataset) -> dict[str, object]:
@@ -108,12 +105,16 @@ def prepare(spec: PipelineSpec, storage_uri: str, clock: StageClock | None = Non
             datasets = {name: preprocessor.transform_dataset(splits[name]).materialize() for name in present}
         else:
             location = f"{storage_uri.rstrip('/')}/prepared/{spec.name}-{uuid.uuid4().hex[:12]}"
-            datasets = _write_prepared(assigned, preprocessor, location, present)
-            # Evaluation splits are read once into the object store where they fit: only training streams.
-            width = preprocessor.num_features + 1
-            for name in present:
-                if name != "train" and fits_in_store(counts[name], width):
-                    datasets[name] = datasets[name].materialize()
+            try:
+                datasets = _write_prepared(assigned, preprocessor, location, present)
+                # Evaluation splits are read once into the object store where they fit: only training streams.
+                width = preprocessor.num_features + 1
+                for name in present:
+                    if name != "train" and fits_in_store(counts[name], width):
+                        datasets[name] = datasets[name].materialize()
+            except BaseException:
+                _delete_dir(location)
+                raise
         materialized = frozenset(name for name, ds in datasets.items() if isinstance(ds, MaterializedDataset))
     return PreparedData(
         datasets=datasets,
@@ -125,6 +126,12 @@ def prepare(spec: PipelineSpec, storage_uri: str, clock: StageClock | None = Non
         materialized=materialized,
         location=location,
     )
+
+
+def _delete_dir(uri: str) -> None:
+    filesystem, path = pafs.FileSystem.from_uri(uri)
+    if filesystem.get_file_info(path).type != pafs.FileType.NotFound:
+        filesystem.delete_dir(path)
 
 
 def _check_counts(spec: PipelineSpec, counts: dict[str, int]) -> None:

@@ -82,8 +82,12 @@ def run(
             check_placeable(spec.train.scaling)
         progress("data", f"reading {spec.data.source}")
         prepared = prepare(spec, platform.storage_uri, clock)
-        with torch.device("meta"):  # checks the model's parameters without allocating its weights
-            build_model(spec.model, prepared.preprocessor.num_features, prepared.preprocessor.num_outputs)
+        try:
+            with torch.device("meta"):  # checks the model's parameters without allocating its weights
+                build_model(spec.model, prepared.preprocessor.num_features, prepared.preprocessor.num_outputs)
+        except SpecError:
+            prepared.release()
+            raise
     except SpecError as err:
         err.file = err.file or spec.file
         raise
@@ -94,15 +98,16 @@ def run(
 
     uri = platform.tracking_uri
     mlflow.set_tracking_uri(uri)
-    with clock.stage("tracking"):
-        run_id = tracking.start_run(uri, spec.tracking.experiment,
-                                    f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}",
-                                    {"rayline.pipeline": spec.name, "rayline.spec_file": spec.file or ""})
-    try:
-        result = _tracked_run(spec, platform, prepared, run_id, progress, clock)
-    except BaseException:
-        tracking.end_run(uri, run_id, "FAILED")
-        raise
+    try:  # the prepared Parquet, if any, is deleted whatever happens from here
+        with clock.stage("tracking"):
+            run_id = tracking.start_run(uri, spec.tracking.experiment,
+                                        f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}",
+                                        {"rayline.pipeline": spec.name, "rayline.spec_file": spec.file or ""})
+        try:
+            result = _tracked_run(spec, platform, prepared, run_id, progress, clock)
+        except BaseException:
+            tracking.end_run(uri, run_id, "FAILED")
+            raise
     finally:
         prepared.release()
     result.wall_s = time.perf_counter() - started
