@@ -136,7 +136,7 @@ def child(command: list[str], log: Path, env: dict[str, str] | None = None) -> I
 
 @contextlib.contextmanager
 def serve_rayline(platform: rayline.Platform, model: str, model_uri: str, port: int) -> Iterator[str]:
-    from rayline.serve import shutdown
+    from rayline.serving import shutdown
 
     overrides = {"name": f"bench-{model}", "model": model_uri, "port": port, **SERVICE_OVERRIDES[model]}
     spec = rayline.load_service_spec(ROOT / "serving" / "digits.yaml", overrides)

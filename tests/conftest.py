@@ -86,7 +86,7 @@ def delete_applications(platform: rayline.Platform) -> None:
     """Remove every Serve application, keeping Serve itself (and its port) running."""
     from ray import serve
 
-    from rayline.serve import shutdown
+    from rayline.serving import shutdown
 
     for name in serve.status().applications:
         shutdown(platform, name)

@@ -18,6 +18,7 @@ import rayline
 from conftest import run_cli
 from rayline.data import prepare
 from rayline.models import build_model
+from rayline.packaged.layout import PREPROCESSOR, WEIGHTS, package_dir
 
 
 @pytest.fixture(scope="module")
@@ -48,15 +49,15 @@ def test_logged_model_matches_the_in_training_preprocessing(tabular_run, platfor
     prepared = prepare(spec, platform.storage_uri)  # the split and the fit are deterministic
     rows = prepared.raw_splits["test"].to_pandas()
     model_uri = f"models:/{name}/1"
-    logged_dir = Path(mlflow.artifacts.download_artifacts(model_uri))
-    logged_state = json.loads((logged_dir / "artifacts" / "model" / "preprocessor.json").read_text())
+    logged_dir = package_dir(mlflow.artifacts.download_artifacts(model_uri))
+    logged_state = json.loads((logged_dir / PREPROCESSOR).read_text())
     assert logged_state == json.loads(prepared.preprocessor.to_json())
 
     context = ray.data.DataContext.get_current()
     context.execution_options.preserve_order = True
     batch = prepared.preprocessor.transform_dataset(ray.data.from_pandas(rows)).take_batch(len(rows))
     module = build_model(spec.model, prepared.preprocessor.num_features, prepared.preprocessor.num_outputs)
-    module.load_state_dict(load_file(str(logged_dir / "artifacts" / "model" / "model.safetensors")))
+    module.load_state_dict(load_file(str(logged_dir / WEIGHTS)))
     with torch.inference_mode():
         in_training = module.eval()(torch.from_numpy(np.stack(batch["features"]))).argmax(1).numpy()
 

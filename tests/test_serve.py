@@ -11,6 +11,8 @@ import httpx
 import mlflow
 import pandas as pd
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from sklearn.datasets import load_digits
 
 import rayline
@@ -93,31 +95,39 @@ def test_mlflow_scoring_formats(client: httpx.Client, rows: pd.DataFrame, offlin
 def test_open_inference_protocol_v2(client: httpx.Client, rows: pd.DataFrame, offline: list[int]) -> None:
     assert client.get("/v2/health/live").json() == {"live": True}
     assert client.get("/v2/health/ready").json() == {"ready": True}
-    metadata = client.get(f"/v2/models/{MODEL}").json()
-    assert [i["name"] for i in metadata["inputs"]] == list(rows.columns)
-    inputs = [{"name": c, "shape": [len(rows), 1], "datatype": "FP64", "data": rows[c].tolist()} for c in rows]
-    answer = client.post(f"/v2/models/{MODEL}/infer", json={"id": "r1", "inputs": inputs})
-    assert answer.status_code == 200, answer.text
-    body = answer.json()
-    assert body["id"] == "r1"
-    prediction = next(o for o in body["outputs"] if o["name"] == "prediction")
-    assert [int(v) for v in prediction["data"]] == offline
+    [tensor] = client.get(f"/v2/models/{MODEL}").json()["inputs"]
+    assert tensor["shape"] == [-1, rows.shape[1]] and tensor["parameters"]["columns"] == list(rows.columns)
+    per_column = [{"name": c, "shape": [len(rows), 1], "datatype": "FP64", "data": rows[c].tolist()} for c in rows]
+    one_tensor = [{"name": "input", "shape": list(rows.shape), "datatype": "FP32", "data": rows.values.tolist()}]
+    for inputs in (per_column, one_tensor):
+        answer = client.post(f"/v2/models/{MODEL}/infer", json={"id": "r1", "inputs": inputs})
+        assert answer.status_code == 200, answer.text
+        body = answer.json()
+        assert body["id"] == "r1"
+        prediction = next(o for o in body["outputs"] if o["name"] == "prediction")
+        assert [int(v) for v in prediction["data"]] == offline
 
 
-def test_tritonclient_speaks_v2_to_the_endpoint(endpoints: dict[str, rayline.Endpoint], rows: pd.DataFrame,
-                                               offline: list[int]) -> None:
+def test_tritonclient_with_default_settings(endpoints: dict[str, rayline.Endpoint], rows: pd.DataFrame,
+                                            offline: list[int]) -> None:
+    """tritonclient sends binary tensors and asks for binary outputs unless told otherwise."""
     import numpy as np
     import tritonclient.http as triton
 
     client = triton.InferenceServerClient(url=endpoints["open"].url.removeprefix("http://"))
     assert client.is_server_live() and client.is_server_ready() and client.is_model_ready(MODEL)
-    assert [i["name"] for i in client.get_model_metadata(MODEL)["inputs"]] == list(rows.columns)
-    inputs = []
+    [advertised] = client.get_model_metadata(MODEL)["inputs"]
+    tensor = triton.InferInput(advertised["name"], [len(rows), rows.shape[1]], "FP32")
+    tensor.set_data_from_numpy(rows.to_numpy(np.float32))
+    result = client.infer(MODEL, [tensor])
+    assert [int(v) for v in result.as_numpy("prediction")] == offline
+    assert result.as_numpy("probability").dtype == np.float64
+    per_column = []
     for column in rows.columns:
-        tensor = triton.InferInput(column, [len(rows)], "FP64")
-        tensor.set_data_from_numpy(rows[column].to_numpy(np.float64), binary_data=False)
-        inputs.append(tensor)
-    result = client.infer(MODEL, inputs, outputs=[triton.InferRequestedOutput("prediction", binary_data=False)])
+        one = triton.InferInput(column, [len(rows)], "FP64")
+        one.set_data_from_numpy(rows[column].to_numpy(np.float64))
+        per_column.append(one)
+    result = client.infer(MODEL, per_column, outputs=[triton.InferRequestedOutput("prediction")])
     assert [int(v) for v in result.as_numpy("prediction")] == offline
 
 
@@ -143,6 +153,21 @@ BAD = {
     "body over the limit": (b'{"instances": [' + b" " * 300_000 + b"]}", "application/json", 413, None),
     "unsupported content type": (b"instances=1", "application/x-www-form-urlencoded", 415, None),
     "pickled body": (b"\x80\x04\x95", "application/octet-stream", 415, None),
+    "deeply nested array": (b'{"instances": ' + b"[" * 50_000 + b"]" * 50_000 + b"}", "application/json", 400,
+                            None),
+    "nested rows": (lambda rows: {"instances": [[[[1.0]] * 64]]}, "application/json", 400, "instances"),
+    "body not UTF-8": (b'{"instances": [{"pixel_0_0": "\xff\xfe"}]}', "application/json", 400, None),
+    "duplicate columns": (lambda rows: {"dataframe_split": {"columns": ["pixel_0_0", *rows.columns[:-1]],
+                                                            "data": rows.head(1).values.tolist()}},
+                          "application/json", 422, "duplicate"),
+    "non-numeric cell, row lists": (lambda rows: {"instances": [["dark", *rows.iloc[0].tolist()[1:]]]},
+                                    "application/json", 422, "pixel_0_0"),
+    "non-numeric cell, columns": (lambda rows: {"inputs": {**rows.head(1).to_dict(orient="list"),
+                                                           "pixel_0_4": ["x"]}}, "application/json", 422,
+                                  "pixel_0_4"),
+    "non-numeric cell, dataframe_split": (lambda rows: {"dataframe_split": {
+        "columns": list(rows.columns), "data": [[*rows.iloc[0].tolist()[:-1], {"a": 1}]]}}, "application/json",
+        422, "pixel_7_7"),
 }
 
 
@@ -167,6 +192,21 @@ def test_unknown_model_name_is_404(client: httpx.Client, rows: pd.DataFrame) -> 
     assert answer.status_code == 404 and answer.json()["detail"] == {"served": MODEL}
 
 
+def test_binary_oip_bad_input_gets_a_4xx(client: httpx.Client, rows: pd.DataFrame, offline: list[int]) -> None:
+    header = json.dumps({"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32",
+                                     "parameters": {"binary_data_size": 256}}]}).encode()
+    cases = {"buffer too short": (header + b"\0" * 10, str(len(header))),
+             "header longer than the body": (header, str(len(header) + 5)),
+             "header length not a number": (header, "abc")}
+    for case, (body, length) in cases.items():
+        answer = client.post(f"/v2/models/{MODEL}/infer", content=body,
+                             headers={"Inference-Header-Content-Length": length})
+        assert 400 <= answer.status_code < 500, (case, answer.text)
+        assert set(answer.json()) == {"error", "detail"}, case
+    again = client.post("/invocations", json={"instances": rows.head(2).to_dict(orient="records")})
+    assert [p["prediction"] for p in again.json()["predictions"]] == offline[:2]
+
+
 def test_api_keys(endpoints: dict[str, rayline.Endpoint], rows: pd.DataFrame, offline: list[int]) -> None:
     body = {"instances": rows.head(3).to_dict(orient="records")}
     with httpx.Client(base_url=endpoints["secure"].url, timeout=60) as http:
@@ -177,9 +217,56 @@ def test_api_keys(endpoints: dict[str, rayline.Endpoint], rows: pd.DataFrame, of
         good = http.post(f"/v1/models/{MODEL}/predict", json=body, headers={"Authorization": f"Bearer {API_KEY}"})
         assert good.status_code == 200
         assert [p["prediction"] for p in good.json()["predictions"]] == offline[:3]
-        assert http.get("/healthz").status_code == 200  # health stays open
-    keyed = rayline.Endpoint(endpoints["secure"].name, endpoints["secure"].url, MODEL, api_key=API_KEY)
-    assert [p["prediction"] for p in keyed.predict(rows.head(3))["predictions"]] == offline[:3]
+        for path in ("/healthz", "/readyz", "/v2/health/live", "/v2/health/ready"):  # health stays open
+            assert http.get(path).status_code == 200, path
+        guarded = [("GET", f"/v2/models/{MODEL}"), ("GET", f"/v2/models/{MODEL}/ready"), ("GET", "/docs"),
+                   ("GET", "/openapi.json"), ("POST", "/v1/models/other/predict"), ("POST", "/invocations"),
+                   ("POST", "/v2/models/other/infer")]
+        for method, path in guarded:
+            refused = http.request(method, path, json=body)
+            assert refused.status_code == 401, (path, refused.status_code)
+            allowed = http.request(method, path, json=body, headers={"Authorization": f"Bearer {API_KEY}"})
+            assert allowed.status_code != 401, path
+        assert http.get("/openapi.json", headers={"Authorization": f"Bearer {API_KEY}"}).json()["paths"]
+    assert repr(endpoints["secure"]).count(API_KEY) == 0  # the key is not printed with the endpoint
+    assert [p["prediction"] for p in endpoints["secure"].predict(rows.head(3))["predictions"]] == offline[:3]
+
+
+def test_a_second_spec_asking_for_another_port_is_refused(platform: rayline.Platform, endpoints, serve_port: int
+                                                          ) -> None:
+    from rayline.cluster.processes import free_port
+
+    spec = rayline.ServiceSpec(name="elsewhere", route_prefix="/elsewhere", model=f"models:/{MODEL}@champion",
+                               port=free_port())
+    with pytest.raises(rayline.SpecError) as refused:
+        rayline.serve(spec, ray_address=platform.ray_address, tracking_uri=platform.tracking_uri)
+    assert refused.value.field == "port" and str(serve_port) in str(refused.value)
+    from ray import serve
+
+    assert "elsewhere" not in serve.status().applications
+
+
+def test_a_lone_request_does_not_wait_out_the_batch_timeout(platform: rayline.Platform, endpoints,
+                                                            serve_port: int, rows: pd.DataFrame) -> None:
+    """With a 3 s batch wait, requests still answer at once when no other request is queued."""
+    import time
+
+    spec = rayline.ServiceSpec(name="patient", route_prefix="/patient", model=f"models:/{MODEL}@champion",
+                               port=serve_port, batching={"max_batch_size": 32, "batch_wait_timeout_s": 3.0},
+                               autoscaling={"min_replicas": 1, "max_replicas": 1}, resources={"num_cpus": 0.5})
+    endpoint = rayline.serve(spec, ray_address=platform.ray_address, tracking_uri=platform.tracking_uri)
+    body = {"instances": rows.head(1).to_dict(orient="records")}
+    try:
+        with httpx.Client(base_url=endpoint.url, timeout=60) as http:
+            assert http.post(f"/v1/models/{MODEL}/predict", json=body).status_code == 200
+            started = time.perf_counter()
+            for _ in range(3):
+                assert http.post(f"/v1/models/{MODEL}/predict", json=body).status_code == 200
+            assert time.perf_counter() - started < 3.0  # three waits would take 9 s
+    finally:
+        from rayline.serving import shutdown
+
+        shutdown(platform, "patient")
 
 
 def test_batch_inference_matches_offline(platform: rayline.Platform, state_dir, registered, rows: pd.DataFrame,
@@ -296,3 +383,73 @@ def test_canary_split_answers_from_both_versions_with_per_version_metrics(
                    for v in (registered.model_version, second.model_version))
 
     wait_until(metered_apart, 90, "request counts of both canary versions at Ray's metrics endpoint")
+
+
+# Fuzzing: whatever arrives on the three routes, the answer is a 2xx or a 4xx JSON error, never a 5xx.
+COLUMNS = [f"pixel_{i}_{j}" for i in range(8) for j in range(8)]
+scalars = (st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats() | st.text(max_size=8)
+           | st.sampled_from(["1.5", "NaN", "Infinity", "", "\x00"]))
+json_values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=5)
+                           | st.dictionaries(st.text(max_size=6) | st.sampled_from(COLUMNS), inner, max_size=5),
+                           max_leaves=40)
+cells = st.floats(-1e3, 1e3) | scalars
+rows_of = st.lists(st.lists(cells, min_size=60, max_size=66), min_size=0, max_size=4)
+column_names = st.lists(st.sampled_from([*COLUMNS, "x", "pixel_0_0"]), min_size=60, max_size=66)
+scoring = st.one_of(
+    json_values,
+    st.fixed_dictionaries({"instances": rows_of | st.lists(st.dictionaries(st.sampled_from(COLUMNS), cells,
+                                                                           min_size=60), max_size=3)}),
+    st.fixed_dictionaries({"dataframe_split": st.fixed_dictionaries({"columns": column_names, "data": rows_of})}),
+    st.fixed_dictionaries({"inputs": st.dictionaries(st.sampled_from(COLUMNS), st.lists(cells, max_size=3),
+                                                     min_size=60)}),
+    st.dictionaries(st.sampled_from(["instances", "inputs", "dataframe_split", "dataframe_records"]), json_values,
+                    min_size=1, max_size=2),
+)
+tensors = st.fixed_dictionaries({
+    "name": st.sampled_from(["input", *COLUMNS[:3], "x"]),
+    "shape": st.lists(st.integers(-2, 70), max_size=3),
+    "datatype": st.sampled_from(["FP32", "FP64", "INT64", "BOOL", "BYTES", "UINT8", "FP16", "XYZ"]),
+    "data": json_values | st.lists(cells, max_size=70),
+}, optional={"parameters": st.fixed_dictionaries({"binary_data_size": st.integers(-5, 600)})})
+infer = st.one_of(json_values, st.fixed_dictionaries({"inputs": st.lists(tensors, max_size=3)},
+                                                     optional={"id": scalars, "outputs": json_values,
+                                                               "parameters": json_values}))
+
+
+def _never_5xx(http: httpx.Client, path: str, body: bytes, headers: dict[str, str]) -> None:
+    answer = http.post(path, content=body, headers=headers)
+    assert answer.status_code < 500, (path, body[:300], headers, answer.status_code, answer.text[:300])
+    if answer.status_code >= 400:
+        assert set(answer.json()) == {"error", "detail"}, answer.text[:300]
+
+
+@pytest.fixture(scope="module")
+def fuzz_client(endpoints: dict[str, rayline.Endpoint]) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=endpoints["open"].url, timeout=60) as http:
+        yield http
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+@given(payload=scoring, route=st.sampled_from([f"/v1/models/{MODEL}/predict", "/invocations"]))
+def test_fuzz_scoring_routes(fuzz_client: httpx.Client, payload: object, route: str) -> None:
+    body = json.dumps(payload, allow_nan=True).encode()
+    _never_5xx(fuzz_client, route, body, {"content-type": "application/json"})
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+@given(payload=infer)
+def test_fuzz_oip_json(fuzz_client: httpx.Client, payload: object) -> None:
+    body = json.dumps(payload, allow_nan=True).encode()
+    _never_5xx(fuzz_client, f"/v2/models/{MODEL}/infer", body, {"content-type": "application/json"})
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+@given(header=infer, tail=st.binary(max_size=600), extra=st.integers(-3, 3),
+       route=st.sampled_from([f"/v2/models/{MODEL}/infer", "/invocations", f"/v1/models/{MODEL}/predict"]))
+def test_fuzz_raw_bodies(fuzz_client: httpx.Client, header: object, tail: bytes, extra: int, route: str) -> None:
+    """Binary tensor bodies (a JSON header, then raw bytes) with right and wrong header lengths, on every route."""
+    head = json.dumps(header, allow_nan=True).encode()
+    length = str(max(0, len(head) + extra))
+    _never_5xx(fuzz_client, route, head + tail, {"Inference-Header-Content-Length": length,
+                                                 "content-type": "application/octet-stream"})
+    _never_5xx(fuzz_client, route, tail, {"content-type": "application/json"})

@@ -17,7 +17,7 @@ from sklearn.datasets import load_digits
 import rayline
 from conftest import SERVE_MODEL, run_cli
 from rayline.cluster.processes import wait_until
-from rayline.serve import shutdown
+from rayline.serving import shutdown
 
 
 @pytest.fixture

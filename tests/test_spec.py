@@ -791,7 +791,7 @@ def test_exported_serve_config_is_the_committed_one_and_round_trips() -> None:
     """serving/digits.serve.yaml is `rayline serve serving/digits.yaml --export`: same spec, no drift."""
     import yaml
 
-    from rayline.serve.config import APP_BUILDER, write_serve_config
+    from rayline.serving.config import APP_BUILDER, write_serve_config
     from rayline.spec import ServiceSpec, load_service_spec
 
     spec = load_service_spec(ROOT / "serving" / "digits.yaml")
@@ -808,7 +808,7 @@ def test_exported_serve_config_is_the_committed_one_and_round_trips() -> None:
 
 
 def test_service_auth_sources_must_exist(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from rayline.serve.auth import authorized, load_key_digests
+    from rayline.serving.auth import authorized, load_key_digests
     from rayline.spec.service import AuthSpec
 
     with pytest.raises(SpecError) as caught:

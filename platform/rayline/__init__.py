@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import importlib
 import os
-import sys
-import types
 from typing import TYPE_CHECKING, Any
 
 # Token auth stays on: Ray reads the mode when it is first imported, and a driver only sends
@@ -23,7 +21,10 @@ os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
 if TYPE_CHECKING:
     from rayline.sdk import (
+        DEFAULT_STATE_DIR,
+        BatchPrediction,
         Endpoint,
+        ModelUri,
         PipelineResult,
         PipelineSpec,
         Platform,
@@ -33,12 +34,16 @@ if TYPE_CHECKING:
         SpecError,
         connect,
         down,
+        export_service,
         load_service_spec,
         load_spec,
+        predict,
         promote,
         rollback,
         run,
         serve,
+        serve_status,
+        shutdown,
         status,
         up,
     )
@@ -48,7 +53,10 @@ __version__ = "0.1.0"
 # Attributes are imported on first use, so that a Ray worker importing one stage (``rayline.train.loop``)
 # loads only what that stage needs, not the whole SDK (Serve, MLflow, the pipeline).
 __all__ = [
+    "DEFAULT_STATE_DIR",
+    "BatchPrediction",
     "Endpoint",
+    "ModelUri",
     "PipelineResult",
     "PipelineSpec",
     "Platform",
@@ -58,12 +66,16 @@ __all__ = [
     "SpecError",
     "connect",
     "down",
+    "export_service",
     "load_service_spec",
     "load_spec",
+    "predict",
     "promote",
     "rollback",
     "run",
     "serve",
+    "serve_status",
+    "shutdown",
     "status",
     "up",
 ]
@@ -75,15 +87,3 @@ def __getattr__(name: str) -> Any:
     sdk = importlib.import_module("rayline.sdk")
     globals().update({public: getattr(sdk, public) for public in __all__})
     return globals()[name]
-
-
-class _Facade(types.ModuleType):
-    """Importing the ``rayline.serve`` subpackage would bind it as ``rayline.serve``: the SDK function keeps the
-    name (the subpackage stays importable as ``rayline.serve`` through ``sys.modules``)."""
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if not (name in __all__ and isinstance(value, types.ModuleType)):
-            super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Facade

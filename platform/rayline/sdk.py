@@ -1,4 +1,4 @@
-"""The SDK facade behind ``import rayline``: run, serve, promote, rollback and the platform's lifecycle.
+"""The SDK facade behind ``import rayline``: run, serve, predict, promote, rollback and the platform's lifecycle.
 
 ``rayline/__init__.py`` lists the public names (``__all__``) and imports this module on first use."""
 
@@ -13,11 +13,22 @@ from rayline.cluster import status as _status
 from rayline.cluster import up as _up
 from rayline.errors import RaylineError as RaylineError
 from rayline.errors import SpecError as SpecError
+from rayline.inference import BatchPrediction, predict_batch
 from rayline.pipeline import PipelineResult, Progress
 from rayline.pipeline import run as _run_pipeline
-from rayline.serve import Endpoint
-from rayline.serve import deploy as _deploy
-from rayline.spec import Overrides, PipelineSpec, ServiceSpec, load_service_spec, load_spec, with_overrides
+from rayline.serving import Endpoint, write_serve_config
+from rayline.serving import deploy as _deploy
+from rayline.serving import shutdown as _shutdown
+from rayline.serving import status as _serve_status
+from rayline.spec import (
+    ModelUri,
+    Overrides,
+    PipelineSpec,
+    ServiceSpec,
+    load_service_spec,
+    load_spec,
+    with_overrides,
+)
 from rayline.tracking import PromotionDecision as PromotionDecision
 from rayline.tracking import move_alias, rollback_alias
 
@@ -55,6 +66,39 @@ def serve(
     """Deploy (or update) a service spec on Ray Serve and return its endpoint (``.url``, ``.predict(rows)``)."""
     loaded = spec if isinstance(spec, ServiceSpec) else load_service_spec(spec, overrides)
     return _deploy(loaded, connect(ray_address, tracking_uri, None, state_dir))
+
+
+def export_service(spec: str | Path | ServiceSpec, overrides: Overrides = None, *,
+                   tracking_uri: str | None = None) -> str:
+    """A service spec as a Ray Serve config (YAML) for Ray's own ``serve deploy`` and KubeRay's RayService."""
+    if isinstance(spec, ServiceSpec):
+        return write_serve_config(spec, spec.name, tracking_uri)
+    return write_serve_config(load_service_spec(spec, overrides), str(spec), tracking_uri)
+
+
+def serve_status(*, ray_address: str | None = None, tracking_uri: str | None = None,
+                 state_dir: str | Path = DEFAULT_STATE_DIR) -> dict[str, object]:
+    """Serve's view of the applications on the cluster: status, route prefix and deployments."""
+    return _serve_status(connect(ray_address, tracking_uri, None, state_dir))
+
+
+def shutdown(name: str | None = None, *, ray_address: str | None = None, tracking_uri: str | None = None,
+             state_dir: str | Path = DEFAULT_STATE_DIR) -> None:
+    """Delete one served application, or stop Serve entirely (``name=None``)."""
+    _shutdown(connect(ray_address, tracking_uri, None, state_dir), name)
+
+
+def predict(model: str | ModelUri, input_uri: str, output_uri: str, *, actors: int = 1,
+            ray_address: str | None = None, tracking_uri: str | None = None,
+            state_dir: str | Path = DEFAULT_STATE_DIR) -> BatchPrediction:
+    """Batch inference: ``model`` (``models:/name@alias`` or ``models:/name/3``) over a CSV/Parquet dataset
+    with Ray Data, written as Parquet to ``output_uri``."""
+    try:
+        uri = ModelUri.parse(model)
+    except ValueError as err:
+        raise SpecError(str(err), field="--model") from None
+    return predict_batch(connect(ray_address, tracking_uri, None, state_dir), uri, input_uri, output_uri,
+                         actors=actors)
 
 
 def promote(name: str, version: str | int, alias: str = "champion", *, tracking_uri: str | None = None,

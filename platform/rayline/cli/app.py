@@ -9,13 +9,7 @@ from typing import Annotated
 import typer
 
 import rayline
-from rayline.cluster import DEFAULT_STATE_DIR
-from rayline.errors import RaylineError, SpecError
-from rayline.serve.batch import predict_batch
-from rayline.serve.config import write_serve_config
-from rayline.serve.deploy import deploy as serve_deploy
-from rayline.serve.deploy import shutdown as serve_shutdown
-from rayline.serve.deploy import status as serve_status
+from rayline import DEFAULT_STATE_DIR, RaylineError, SpecError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Ray Data → Ray Train → MLflow, from one spec.")
 
@@ -112,21 +106,20 @@ def serve_command(
     Ray Serve config (`--export`), or show (`status`) or stop (`shutdown`) what is served."""
     try:
         if export is not None:
-            spec = rayline.load_service_spec(target, overrides or [])
-            export.write_text(write_serve_config(spec, target, tracking_uri))
+            export.write_text(rayline.export_service(target, overrides or [], tracking_uri=tracking_uri))
             typer.echo(f"wrote {export}: RAY_AUTH_MODE=token serve deploy {export} --address <dashboard URL>")
             return
-        platform = rayline.connect(ray_address, tracking_uri, None, state_dir)
+        where = {"ray_address": ray_address, "tracking_uri": tracking_uri, "state_dir": state_dir}
         if target == "status":
-            typer.echo(json.dumps(serve_status(platform), indent=2))
+            typer.echo(json.dumps(rayline.serve_status(**where), indent=2))
             return
         if target == "shutdown":
-            serve_shutdown(platform, name)
+            rayline.shutdown(name, **where)
             typer.echo(f"stopped {name or 'every application'}")
             return
         spec = rayline.load_service_spec(target, overrides or [])
         _stage("serve", f"deploying {spec.model} as {spec.name!r}")
-        endpoint = serve_deploy(spec, platform)
+        endpoint = rayline.serve(spec, **where)
     except RaylineError as err:
         raise _fail(err, 2 if isinstance(err, SpecError) else 1) from None
     typer.echo(f"serving {spec.model} at {endpoint.url}")
@@ -148,8 +141,8 @@ def predict(
 ) -> None:
     """Batch inference: the packaged model over a dataset with Ray Data, written as Parquet."""
     try:
-        platform = rayline.connect(ray_address, tracking_uri, None, state_dir)
-        done = predict_batch(platform, model, input_uri, output_uri, actors=actors)
+        done = rayline.predict(model, input_uri, output_uri, actors=actors, ray_address=ray_address,
+                               tracking_uri=tracking_uri, state_dir=state_dir)
     except RaylineError as err:
         raise _fail(err, 2 if isinstance(err, SpecError) else 1) from None
     typer.echo(f"{done.rows} predictions by {done.model_name} version {done.model_version} -> {done.output}")

@@ -15,6 +15,7 @@ from ray.data.preprocessors import Chain, Concatenator, LabelEncoder, SimpleImpu
 
 from rayline.data.state_codec import dump_preprocessor, load_preprocessor
 from rayline.data.steps import build_step
+from rayline.packaged.preprocessing import CompiledPreprocessor
 from rayline.spec import PreprocessStep
 
 FEATURES = "features"
@@ -81,6 +82,10 @@ class FittedPreprocessor:
         """The same steps on a pandas frame of raw input columns: a (rows, num_features) float32 array."""
         transformed = Chain(*self.feature_steps).transform_batch(frame[self.input_columns].copy())
         return np.stack(transformed[FEATURES].to_numpy()).astype(np.float32, copy=False)
+
+    def compile(self) -> CompiledPreprocessor:
+        """The same fitted state as the packaged model applies it: numpy only, for requests."""
+        return CompiledPreprocessor.from_json(self.to_json())
 
     def decode(self, indices: np.ndarray) -> np.ndarray:
         """Class indices back to label values."""

@@ -22,6 +22,7 @@ from ray.data.preprocessors import (
 from ray.data.preprocessors.utils import StatComputationPlan
 
 from rayline.data.steps import DropColumns, HashBuckets
+from rayline.packaged.state_json import decode
 
 ALLOWED: dict[str, type[SerializablePreprocessorBase]] = {
     cls.get_preprocessor_class_id(): cls
@@ -50,24 +51,6 @@ def _encode(value: Any) -> Any:
     raise TypeError(f"cannot store {type(value).__name__} in preprocessor state")
 
 
-def _decode(value: Any) -> Any:
-    if isinstance(value, list):
-        return [_decode(v) for v in value]
-    if not isinstance(value, dict):
-        return value
-    if "__pairs__" in value:
-        return {_hashable(_decode(k)): _decode(v) for k, v in value["__pairs__"]}
-    if "__tuple__" in value:
-        return tuple(_decode(v) for v in value["__tuple__"])
-    if "__dtype__" in value:
-        return np.dtype(value["__dtype__"])
-    return {k: _decode(v) for k, v in value.items()}
-
-
-def _hashable(key: Any) -> Any:
-    return tuple(key) if isinstance(key, list) else key
-
-
 def dump_preprocessor(preprocessor: SerializablePreprocessorBase) -> dict[str, Any]:
     """A fitted preprocessor as a JSON-able dict."""
     class_id = preprocessor.get_preprocessor_class_id()
@@ -88,6 +71,6 @@ def load_preprocessor(state: dict[str, Any]) -> Preprocessor:
         raise ValueError(f"unknown preprocessor type {state['type']!r}")
     preprocessor = cls.__new__(cls)
     preprocessor._stat_computation_plan = StatComputationPlan()
-    preprocessor._set_serializable_fields(fields=_decode(state["fields"]), version=state["version"])
-    preprocessor._set_stats(stats=_decode(state["stats"]))
+    preprocessor._set_serializable_fields(fields=decode(state["fields"]), version=state["version"])
+    preprocessor._set_stats(stats=decode(state["stats"]))
     return preprocessor

@@ -1,9 +1,7 @@
-"""The one packaged model (weights + fitted preprocessor + model spec) and its MLflow pyfunc entry."""
+"""The one packaged model (weights + compiled preprocessing + model spec) and its MLflow pyfunc entry.
 
-from pathlib import Path
+Nothing here imports Ray: consumers of a logged model need torch, numpy, pandas, safetensors and MLflow."""
 
-from rayline.packaged.model import PackagedModel
+from rayline.packaged.model import PackagedModel, Predictions
 
-PYFUNC_ENTRY = str(Path(__file__).with_name("pyfunc_entry.py"))
-
-__all__ = ["PYFUNC_ENTRY", "PackagedModel"]
+__all__ = ["PackagedModel", "Predictions"]

@@ -1,43 +1,74 @@
-"""The one packaged model: weights (safetensors) + fitted preprocessor (JSON) + model spec (JSON).
+"""The one packaged model: weights (safetensors) + fitted preprocessing (JSON) + model spec (JSON).
 
-Serving replicas, batch inference, notebooks and ``mlflow models serve`` all load this directory;
-nothing in it is ever unpickled.
+Serving replicas, batch inference, notebooks and ``mlflow models serve`` all load this directory with the
+compiled preprocessing (numpy, no Ray); nothing in it is ever unpickled.
 """
 
 from __future__ import annotations
 
-import json
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 from safetensors.torch import load_file, save_file
 
-from rayline.data import FittedPreprocessor
 from rayline.models import build_model
+from rayline.packaged.layout import MODEL_SPEC, PREPROCESSOR, WEIGHTS
+from rayline.packaged.preprocessing import CompiledPreprocessor
 from rayline.spec import ModelSpec
 
-WEIGHTS = "model.safetensors"
-PREPROCESSOR = "preprocessor.json"
-MODEL_SPEC = "model.json"
+
+@dataclass(frozen=True)
+class Predictions:
+    """One value per row: ``prediction`` (the label or the regression value) and, for classes, the
+    ``probability`` of that label."""
+
+    prediction: np.ndarray
+    probability: np.ndarray | None
+
+    def __len__(self) -> int:
+        return len(self.prediction)
+
+    def rows(self, start: int, stop: int) -> Predictions:
+        """The predictions of rows ``start:stop``."""
+        probability = None if self.probability is None else self.probability[start:stop]
+        return Predictions(self.prediction[start:stop], probability)
+
+    def columns(self) -> dict[str, np.ndarray]:
+        """Column name → values (one entry per row)."""
+        return {"prediction": self.prediction} | ({} if self.probability is None else
+                                                  {"probability": self.probability})
+
+    def records(self) -> list[dict[str, Any]]:
+        """One JSON-ready dict per row."""
+        labels = self.prediction.tolist()
+        if self.probability is None:
+            return [{"prediction": label} for label in labels]
+        return [{"prediction": label, "probability": p}
+                for label, p in zip(labels, self.probability.tolist(), strict=True)]
+
+    def to_frame(self) -> pd.DataFrame:
+        """The predictions as a pandas frame (what the MLflow pyfunc returns)."""
+        return pd.DataFrame(self.columns())
 
 
 class PackagedModel:
     """A trained model with its preprocessing: ``predict(raw_rows) -> predictions``."""
 
-    def __init__(self, module: torch.nn.Module, preprocessor: FittedPreprocessor, spec: ModelSpec) -> None:
+    def __init__(self, module: torch.nn.Module, preprocessor: CompiledPreprocessor) -> None:
         self.module = module.eval()
         self.preprocessor = preprocessor
-        self.spec = spec
+        self._labels = None if preprocessor.classes is None else np.asarray(preprocessor.classes, dtype=object)
 
     @staticmethod
-    def write(directory: Path, weights: dict[str, torch.Tensor], preprocessor: FittedPreprocessor,
-              spec: ModelSpec) -> Path:
+    def write(directory: Path, weights: dict[str, torch.Tensor], preprocessor_json: str, spec: ModelSpec) -> Path:
         """Write the three files into ``directory`` (created) and return it."""
         directory.mkdir(parents=True, exist_ok=True)
         save_file({k: v.contiguous() for k, v in weights.items()}, str(directory / WEIGHTS))
-        (directory / PREPROCESSOR).write_text(preprocessor.to_json())
+        (directory / PREPROCESSOR).write_text(preprocessor_json)
         (directory / MODEL_SPEC).write_text(spec.model_dump_json(indent=1))
         return directory
 
@@ -45,32 +76,36 @@ class PackagedModel:
     def load(cls, directory: str | Path) -> PackagedModel:
         """Load a directory written by :meth:`write`."""
         root = Path(directory)
-        preprocessor = FittedPreprocessor.from_json((root / PREPROCESSOR).read_text())
-        spec = ModelSpec.model_validate(json.loads((root / MODEL_SPEC).read_text()))
+        preprocessor = CompiledPreprocessor.from_json((root / PREPROCESSOR).read_text())
+        spec = ModelSpec.model_validate_json((root / MODEL_SPEC).read_text())
         module = build_model(spec, preprocessor.num_features, preprocessor.num_outputs)
         module.load_state_dict(load_file(str(root / WEIGHTS)))
-        return cls(module, preprocessor, spec)
+        return cls(module, preprocessor)
 
     @property
     def input_columns(self) -> list[str]:
         """Raw columns a request must carry."""
         return self.preprocessor.input_columns
 
-    def outputs(self, frame: pd.DataFrame) -> np.ndarray:
-        """Raw model outputs (logits, or the regression value) for raw input rows."""
-        features = torch.from_numpy(self.preprocessor.transform_frame(frame))
-        with torch.inference_mode():
-            return self.module(features).numpy()
-
     def predict(self, frame: pd.DataFrame) -> pd.DataFrame:
         """Predictions for raw input rows: ``prediction`` (label or value), plus ``probability`` for classes."""
-        outputs = self.outputs(frame)
-        if self.preprocessor.task == "regression":
-            return pd.DataFrame({"prediction": outputs[:, 0].astype(np.float64)})
+        return self.predict_frame(frame).to_frame()
+
+    def predict_frame(self, frame: pd.DataFrame) -> Predictions:
+        """Predictions for a frame of raw input columns."""
+        return self.predict_features(self.preprocessor.transform_frame(frame))
+
+    def predict_block(self, block: np.ndarray) -> Predictions:
+        """Predictions for a float64 block of raw rows in :attr:`input_columns` order (numeric-only models)."""
+        return self.predict_features(self.preprocessor.transform_block(block))
+
+    def predict_features(self, features: np.ndarray) -> Predictions:
+        """Predictions for preprocessed float32 feature rows."""
+        with torch.inference_mode():
+            outputs = self.module(torch.from_numpy(features)).numpy()
+        if self._labels is None:
+            return Predictions(outputs[:, 0].astype(np.float64), None)
         shifted = np.exp(outputs - outputs.max(axis=1, keepdims=True))
         probabilities = shifted / shifted.sum(axis=1, keepdims=True)
         indices = probabilities.argmax(axis=1)
-        return pd.DataFrame({
-            "prediction": self.preprocessor.decode(indices),
-            "probability": probabilities[np.arange(len(indices)), indices].astype(np.float64),
-        })
+        return Predictions(self._labels[indices], probabilities[np.arange(len(indices)), indices].astype(np.float64))

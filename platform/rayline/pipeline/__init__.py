@@ -1,5 +1,5 @@
 """The main job: data → train → evaluate → package → register."""
 
-from rayline.pipeline.run import PipelineResult, Progress, run
+from rayline.pipeline.runner import PipelineResult, Progress, run
 
 __all__ = ["PipelineResult", "Progress", "run"]

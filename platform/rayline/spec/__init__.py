@@ -6,6 +6,7 @@ from pathlib import Path
 
 from rayline.errors import SpecError
 from rayline.spec.loading import Overrides, apply_overrides, parse_overrides, read_yaml, validate
+from rayline.spec.model_uri import ModelUri
 from rayline.spec.pipeline import (
     DataSpec,
     ModelSpec,
@@ -64,6 +65,7 @@ __all__ = [
     "BUNDLED_PREFIXES",
     "DataSpec",
     "ModelSpec",
+    "ModelUri",
     "Overrides",
     "PipelineSpec",
     "PreprocessStep",

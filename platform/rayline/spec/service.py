@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import re
-from typing import Annotated
-
-from pydantic import AfterValidator, Field, model_validator
+from pydantic import Field, model_validator
 
 from rayline.errors import SpecError
+from rayline.spec.model_uri import RegistryUri
 from rayline.spec.pipeline import Strict
-
-MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[A-Za-z0-9_-]+)|/(?P<version>\d+))$")
 
 
 class AutoscalingSpec(Strict):
@@ -51,15 +47,6 @@ class AuthSpec(Strict):
     api_keys_file: str | None = Field(None, description="file with one key per line")
 
 
-def _registry_uri(model: str) -> str:
-    if not MODEL_URI.match(model):
-        raise ValueError("must look like models:/name@alias or models:/name/3")
-    return model
-
-
-RegistryUri = Annotated[str, AfterValidator(_registry_uri)]
-
-
 class CanarySpec(Strict):
     """A champion/challenger split: a share of requests goes to a second version of the same model."""
 
@@ -92,7 +79,7 @@ class ServiceSpec(Strict):
 
     @model_validator(mode="after")
     def _canary_same_model(self) -> ServiceSpec:
-        if self.canary is not None and MODEL_URI.match(self.canary.model)["name"] != self.model_name:
+        if self.canary is not None and self.canary.model.name != self.model_name:
             raise SpecError(f"the canary must be a version of {self.model_name!r}, the served model",
                             field="canary.model")
         return self
@@ -100,4 +87,4 @@ class ServiceSpec(Strict):
     @property
     def model_name(self) -> str:
         """The registered model's name."""
-        return MODEL_URI.match(self.model)["name"]
+        return self.model.name

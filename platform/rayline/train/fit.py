@@ -36,11 +36,8 @@ class TrainOutcome:
 
     checkpoint: Checkpoint
     test_metrics: dict[str, float]
-    last_epoch_metrics: dict[str, float]
     resumed_from_epoch: int | None
-    world_size: int
     wall_s: float
-    path: str
     stages: dict[str, float]
 
 
@@ -87,11 +84,8 @@ def fit(spec: PipelineSpec, prepared: PreparedData, storage_uri: str, run_name: 
     return TrainOutcome(
         checkpoint=result.checkpoint,
         test_metrics={k: v for k, v in value["test"].items() if not k.endswith("_rows")},
-        last_epoch_metrics=value["last_epoch_metrics"],
         resumed_from_epoch=value["resumed_from_epoch"],
-        world_size=value["world_size"],
         wall_s=time.perf_counter() - started,
-        path=result.path,
         stages=_stages(value["timings"], started_at, finished_at),
     )
 

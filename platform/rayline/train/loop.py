@@ -106,7 +106,7 @@ def train_loop(raw_config: dict[str, Any]) -> dict[str, Any]:
     config = LoopConfig(**raw_config)
     spec = TrainSpec.model_validate(config.train)
     context = ray.train.get_context()
-    rank, world = context.get_world_rank(), context.get_world_size()
+    rank = context.get_world_rank()
     torch.manual_seed(spec.seed)
     device = ray.train.torch.get_device()
     strategy = get_strategy(spec.strategy)
@@ -121,7 +121,6 @@ def train_loop(raw_config: dict[str, Any]) -> dict[str, Any]:
         start_epoch = resumed_from + 1
     timings = {"loop_entered_at": entered_at, "setup_s": time.time() - entered_at, "epochs_s": 0.0}
 
-    metrics: dict[str, float] = {}
     for epoch in range(start_epoch, spec.epochs):
         started = time.perf_counter()
         model.train()
@@ -148,5 +147,4 @@ def train_loop(raw_config: dict[str, Any]) -> dict[str, Any]:
     test = evaluate(strategy.unwrap(model), "test", config, spec.batch_size, device)
     timings["test_s"] = time.perf_counter() - tested
     timings["loop_left_at"] = time.time()
-    return {"test": test, "last_epoch_metrics": metrics, "start_epoch": start_epoch,
-            "resumed_from_epoch": resumed_from, "world_size": world, "timings": timings}
+    return {"test": test, "resumed_from_epoch": resumed_from, "timings": timings}

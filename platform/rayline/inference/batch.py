@@ -10,14 +10,15 @@ from mlflow import MlflowClient
 
 from rayline.cluster import Platform
 from rayline.data.sources import read_files
-from rayline.serve.model_source import load_version, resolve_version
+from rayline.inference.loading import load_version, resolve_version
+from rayline.spec import ModelUri
 
 
 class _Predictor:
     """One per actor: loads the model version once, then predicts batch after batch."""
 
-    def __init__(self, tracking_uri: str, name: str, version: str) -> None:
-        self.loaded = load_version(tracking_uri, name, version, max_rows=2**62)
+    def __init__(self, tracking_uri: str, uri: ModelUri) -> None:
+        self.loaded = load_version(tracking_uri, uri, max_rows=2**62)
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
         frame = batch.reset_index(drop=True)
@@ -35,16 +36,16 @@ class BatchPrediction:
     rows: int
 
 
-def predict_batch(platform: Platform, model_uri: str, input_uri: str, output_uri: str, *, actors: int = 1,
+def predict_batch(platform: Platform, model: ModelUri, input_uri: str, output_uri: str, *, actors: int = 1,
                   batch_size: int = 4096, num_cpus: float = 1.0) -> BatchPrediction:
-    """Predict every row of ``input_uri`` (CSV/Parquet) with ``model_uri``; write Parquet to ``output_uri``."""
+    """Predict every row of ``input_uri`` (CSV/Parquet) with ``model``; write Parquet to ``output_uri``."""
     platform.init_ray()
-    name, version = resolve_version(MlflowClient(platform.tracking_uri), model_uri)
+    version = resolve_version(MlflowClient(platform.tracking_uri), model)
     dataset, _ = read_files(input_uri, field="--input")
     predicted = dataset.map_batches(
-        _Predictor, fn_constructor_args=(platform.tracking_uri, name, version), batch_format="pandas",
+        _Predictor, fn_constructor_args=(platform.tracking_uri, version), batch_format="pandas",
         batch_size=batch_size, concurrency=actors, num_cpus=num_cpus,
     )
     predicted.write_parquet(output_uri)
     rows = ray.data.read_parquet(output_uri).count()  # from the Parquet footers, not a second pass
-    return BatchPrediction(output=output_uri, model_name=name, model_version=version, rows=rows)
+    return BatchPrediction(output=output_uri, model_name=version.name, model_version=str(version.version), rows=rows)

@@ -8,7 +8,7 @@ from contextlib import contextmanager
 
 from ray.serve import metrics
 
-from rayline.serve.errors import InputError
+from rayline.inference.errors import InputError
 
 LATENCY_MS = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000]
 BATCH_SIZES = [1, 2, 4, 8, 16, 32, 64, 128, 256]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from tempfile import TemporaryDirectory
 
@@ -18,14 +17,13 @@ from rayline.cluster import Platform, check_placeable
 from rayline.data import PreparedData, prepare
 from rayline.errors import SpecError
 from rayline.models import build_model, resolve_factory
-from rayline.packaged import PYFUNC_ENTRY, PackagedModel
+from rayline.packaged import PackagedModel, layout
 from rayline.pipeline.progress import epoch_progress
 from rayline.spec import PipelineSpec
 from rayline.stages import StageClock
 from rayline.train import fit, read_weights
 
 Progress = Callable[[str, str], None]
-RUNTIME_REQUIREMENTS = ("torch", "ray", "mlflow", "pandas", "pyarrow", "safetensors", "pydantic", "numpy")
 
 
 @dataclass
@@ -42,7 +40,6 @@ class PipelineResult:
     resumed_from_epoch: int | None
     counts: dict[str, int]
     wall_s: float
-    train_path: str
     stages: dict[str, float]
 
     @property
@@ -58,10 +55,6 @@ class PipelineResult:
 
 def _quiet(stage: str, message: str) -> None:
     pass
-
-
-def _requirements() -> list[str]:
-    return [f"{name}=={metadata.version(name)}" for name in RUNTIME_REQUIREMENTS]
 
 
 def run(
@@ -147,12 +140,13 @@ def _tracked_run(spec: PipelineSpec, platform: Platform, prepared: PreparedData,
     with clock.stage("packaging"), TemporaryDirectory() as tmp:
         resumed = {} if outcome.resumed_from_epoch is None else {"resumed_from_epoch": outcome.resumed_from_epoch}
         tracking.log_metrics(uri, run_id, {**metrics, **resumed})
-        directory = PackagedModel.write(Path(tmp) / "model", read_weights(outcome.checkpoint),
-                                        prepared.preprocessor, spec.model)
+        directory = PackagedModel.write(Path(tmp) / layout.ARTIFACT_KEY, read_weights(outcome.checkpoint),
+                                        prepared.preprocessor.to_json(), spec.model)
         example = prepared.input_example
         output = PackagedModel.load(directory).predict(example)
-        model_uri = tracking.log_pyfunc(run_id, PYFUNC_ENTRY, {"model": str(directory)}, example, output,
-                                        code_paths=[Path(__file__).parents[1]], pip_requirements=_requirements())
+        model_uri = tracking.log_pyfunc(run_id, layout.PYFUNC_ENTRY, {layout.ARTIFACT_KEY: str(directory)}, example,
+                                        output, code_paths=layout.CODE_PATHS,
+                                        pip_requirements=layout.pip_requirements())
     name = spec.tracking.model_name
     with clock.stage("registration"):
         version = tracking.register(uri, model_uri, name)
@@ -164,5 +158,5 @@ def _tracked_run(spec: PipelineSpec, platform: Platform, prepared: PreparedData,
     return PipelineResult(
         run_id=run_id, experiment_id=experiment_id, model_name=name, model_version=version, metrics=metrics,
         promotion=decision, tracking_uri=uri, resumed_from_epoch=outcome.resumed_from_epoch,
-        counts=prepared.counts, wall_s=0.0, train_path=outcome.path, stages={},
+        counts=prepared.counts, wall_s=0.0, stages={},
     )

@@ -8,11 +8,11 @@ import yaml
 
 from rayline.spec import ServiceSpec
 
-APP_BUILDER = "rayline.serve:app_builder"
+APP_BUILDER = "rayline.serving:app_builder"
 
 
 def serve_config(spec: ServiceSpec, tracking_uri: str | None = None) -> dict[str, Any]:
-    """The Serve config deploying ``spec``: one application built by :func:`rayline.serve.app_builder` from the
+    """The Serve config deploying ``spec``: one application built by :func:`rayline.serving.app_builder` from the
     spec's own fields. ``tracking_uri`` goes into ``runtime_env``; without it the cluster's
     ``MLFLOW_TRACKING_URI`` is used."""
     application: dict[str, Any] = {

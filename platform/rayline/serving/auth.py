@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 from rayline.errors import SpecError
@@ -15,8 +16,8 @@ def digest(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-def load_key_digests(auth: AuthSpec) -> list[str]:
-    """Digests of the configured keys (empty: auth off). Missing sources are refused naming the field."""
+def load_keys(auth: AuthSpec) -> list[str]:
+    """The configured keys (empty: auth off). Missing sources are refused naming the field."""
     keys: list[str] = []
     if auth.api_keys_env:
         raw = os.environ.get(auth.api_keys_env)
@@ -31,10 +32,15 @@ def load_key_digests(auth: AuthSpec) -> list[str]:
     keys = [key.strip() for key in keys if key.strip()]
     if (auth.api_keys_env or auth.api_keys_file) and not keys:
         raise SpecError("no API keys found in the configured source", field="auth")
-    return [digest(key) for key in keys]
+    return keys
 
 
-def authorized(header: str | None, digests: list[str]) -> bool:
+def load_key_digests(auth: AuthSpec) -> list[str]:
+    """SHA-256 digests of the configured keys: what replicas compare against."""
+    return [digest(key) for key in load_keys(auth)]
+
+
+def authorized(header: str | None, digests: Sequence[str]) -> bool:
     """True when auth is off or ``Authorization: Bearer <key>`` matches a configured key."""
     if not digests:
         return True
