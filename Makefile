@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint clean down
+.PHONY: install demo test lint clean down bench-peers
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,13 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q --durations=15
+
+# The serving benchmark's LitServe and BentoML peers, in an environment of their own: BentoML would change packages
+# that Ray pins. torch first, for the same reason as above.
+bench-peers: $(STAMP)
+	test -d bench/.venv-peers || $(PYTHON) -m venv bench/.venv-peers
+	bench/.venv-peers/bin/pip install -q torch==2.13.0
+	bench/.venv-peers/bin/pip install -q -r bench/peers/requirements.txt
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -1,20 +1,30 @@
-"""Serving benchmark: rayline's endpoint against `mlflow models serve` and a plain FastAPI + uvicorn process.
+"""Serving benchmark: rayline's endpoint against what a user would run instead, with no rayline code on the
+peers' request path.
 
     .venv/bin/python bench/serve_bench.py                      # about 20 minutes on 2 cores
     .venv/bin/python bench/serve_bench.py --models wide --duration 5 --concurrency 32
 
-Two registered models, each served three ways, one server at a time, loaded by the same compiled generator
-(wrk) with the same body: one row in MLflow's ``dataframe_split`` format POSTed to ``/invocations``, a route
-all three servers answer. The models:
+Needs wrk (``apt-get install wrk``) and the peers' own environment (``make bench-peers``: LitServe and BentoML
+live in ``bench/.venv-peers``, out of rayline's dependencies, because BentoML would change packages Ray pins).
+
+Two registered models, each served by every server in turn, loaded by the same compiled generator (wrk) with the
+same body: one row in MLflow's ``dataframe_split`` format POSTed to ``/invocations``. The models:
 
 * ``digits``: ``pipelines/digits.yaml`` as shipped (a small CNN): per-request overhead dominates.
 * ``wide``: ``pipelines/synthetic.yaml`` with a 3-layer 4096-wide MLP: compute-bound, where batching pays.
 
-rayline serves each with ``serving/digits.yaml``'s settings (the model URI and port replaced; ``wide`` also
-batches up to 32 rows for at most 10 ms). Everything runs in this process tree: an embedded platform of its own
-(state in ``bench/.state``; the trained models are kept there for the next run), the MLflow model server and
-the FastAPI script as child processes. wrk runs pinned with ``taskset`` to ``--client-cpus``; the servers
-run on ``--server-cpus`` (by default every core: Ray's proxy and replicas are several processes).
+The servers:
+
+* ``rayline``: ``serving/digits.yaml``'s settings (``wide`` batches up to 32 rows, waiting at most 10 ms while
+  other requests are queued);
+* ``plain`` (a) and ``plain-w2`` (b): ``bench/peers/plain_fastapi.py``, FastAPI + uvicorn with 1 or 2 workers;
+* ``mlflow`` (c): ``mlflow models serve`` of the registered model;
+* ``litserve`` (d): ``bench/peers/litserve_server.py``, 2 workers, no batching;
+* ``bentoml`` (e): ``bench/peers/bentoml_service.py``, 2 workers.
+
+The peers (a, b, d, e) load the packaged model's weights with ``rayline.models.build_model`` and run its
+preprocessing re-written in numpy (``bench/peers/numpy_model.py``). Also measured: one rayline replica's ceiling
+without HTTP, a loop of Ray Serve handle calls (``ModelServer.score``) from the driver.
 """
 
 from __future__ import annotations
@@ -40,7 +50,9 @@ sys.path.insert(0, str(ROOT / "platform"))
 import rayline  # noqa: E402  (sets RAY_AUTH_MODE before Ray is imported)
 from rayline.cluster.processes import free_port, stop_process_group, wait_until  # noqa: E402
 
-SERVERS = ("rayline", "mlflow", "fastapi")
+SERVERS = ("rayline", "plain", "plain-w2", "mlflow", "litserve", "bentoml")
+PEER_PYTHON = BENCH / ".venv-peers" / "bin" / "python"
+PEERS = BENCH / "peers"
 WIDE_HIDDEN = [4096, 4096, 4096]
 PIPELINES = {
     "digits": ("digits.yaml", {"tracking.experiment": "bench", "tracking.model_name": "bench-digits"}),
@@ -53,6 +65,7 @@ SERVICE_OVERRIDES = {
     "digits": {},
     "wide": {"batching.max_batch_size": 32, "batching.batch_wait_timeout_s": 0.01},
 }
+HANDLE_CONCURRENCY = (1, 32)
 
 
 @dataclass
@@ -96,19 +109,46 @@ def one_row(model_uri: str, tracking_uri: str) -> pd.DataFrame:
     return row.astype({column: kind.to_numpy() for column, kind in types.items()})
 
 
-def forward_ms(model_uri: str, row: pd.DataFrame, repeats: int = 50) -> float:
-    """Median wall time of one 1-row ``predict`` (preprocessing and forward) in this process, one torch thread."""
+def forward_ms(model_uri: str, row: pd.DataFrame, repeats: int = 200) -> dict[str, float]:
+    """Median wall time (ms) of ``PackagedModel.predict`` on 1 and 32 rows in this process, one torch thread."""
     import mlflow
     import torch
 
+    from rayline.packaged import PackagedModel
+    from rayline.packaged.layout import package_dir
+
     torch.set_num_threads(1)
-    model = mlflow.pyfunc.load_model(model_uri)
-    timings = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        model.predict(row)
-        timings.append((time.perf_counter() - started) * 1000)
-    return sorted(timings)[len(timings) // 2]
+    model = PackagedModel.load(package_dir(mlflow.artifacts.download_artifacts(model_uri)))
+    medians = {}
+    for rows in (1, 32):
+        frame = pd.concat([row] * rows, ignore_index=True)
+        timings = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            model.predict(frame)
+            timings.append((time.perf_counter() - started) * 1000)
+        medians[f"{rows}"] = sorted(timings)[len(timings) // 2]
+    return medians
+
+
+def handle_ceiling(app_name: str, payload: dict, concurrency: int, duration_s: float) -> float:
+    """Requests/s of Ray Serve handle calls (``ModelServer.score``) with ``concurrency`` outstanding."""
+    from collections import deque
+
+    from ray import serve
+
+    handle = serve.get_app_handle(app_name)
+    handle.score.remote(payload).result()
+    outstanding: deque = deque()
+    done, started = 0, time.perf_counter()
+    while time.perf_counter() - started < duration_s:
+        while len(outstanding) < concurrency:
+            outstanding.append(handle.score.remote(payload))
+        outstanding.popleft().result()
+        done += 1
+    for response in outstanding:
+        response.result()
+    return done / (time.perf_counter() - started)
 
 
 def _post_ok(url: str, body: bytes) -> bool:
@@ -123,11 +163,12 @@ def _post_ok(url: str, body: bytes) -> bool:
 
 
 @contextlib.contextmanager
-def child(command: list[str], log: Path, env: dict[str, str] | None = None) -> Iterator[subprocess.Popen]:
+def child(command: list[str], log: Path, env: dict[str, str] | None = None,
+          cwd: Path | None = None) -> Iterator[subprocess.Popen]:
     """A server in a process group of its own, stopped with its children on exit."""
     with open(log, "w") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                                   env={**os.environ, **(env or {})})
+                                   env={**os.environ, **(env or {})}, cwd=cwd)
     try:
         yield process
     finally:
@@ -136,32 +177,38 @@ def child(command: list[str], log: Path, env: dict[str, str] | None = None) -> I
 
 @contextlib.contextmanager
 def serve_rayline(platform: rayline.Platform, model: str, model_uri: str, port: int) -> Iterator[str]:
-    from rayline.serving import shutdown
-
     overrides = {"name": f"bench-{model}", "model": model_uri, "port": port, **SERVICE_OVERRIDES[model]}
     spec = rayline.load_service_spec(ROOT / "serving" / "digits.yaml", overrides)
     endpoint = rayline.serve(spec, ray_address=platform.ray_address, tracking_uri=platform.tracking_uri)
     try:
         yield endpoint.url
     finally:
-        shutdown(platform)  # and wait until Serve is gone: the next model starts a new one on its own port
+        rayline.shutdown(ray_address=platform.ray_address, tracking_uri=platform.tracking_uri)
+
+
+def peer_command(server: str, model_dir: Path, model_uri: str, port: int) -> tuple[list[str], Path | None]:
+    """The command line (and working directory) that starts a peer on ``port``."""
+    common = ["--model-dir", str(model_dir), "--port", str(port)]
+    if server in ("plain", "plain-w2"):
+        return [sys.executable, str(PEERS / "plain_fastapi.py"), *common,
+                "--workers", "2" if server == "plain-w2" else "1"], None
+    if server == "litserve":
+        return [str(PEER_PYTHON), str(PEERS / "litserve_server.py"), *common], None
+    if server == "bentoml":
+        return [str(PEER_PYTHON.with_name("bentoml")), "serve", "bentoml_service:Peer", "--host", "127.0.0.1",
+                "--port", str(port)], PEERS
+    # mlflow models serve execs `uvicorn` from PATH: this environment's.
+    return [str(Path(sys.executable).with_name("mlflow")), "models", "serve", "-m", model_uri, "--env-manager",
+            "local", "--host", "127.0.0.1", "--port", str(port)], None
 
 
 @contextlib.contextmanager
-def serve_mlflow(platform: rayline.Platform, model_uri: str, port: int, logs: Path) -> Iterator[str]:
-    command = [str(Path(sys.executable).with_name("mlflow")), "models", "serve", "-m", model_uri, "--env-manager",
-               "local", "--host", "127.0.0.1", "--port", str(port)]
-    # It execs `uvicorn` from PATH: this environment's.
-    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
-    with child(command, logs / "mlflow-models-serve.log", {"MLFLOW_TRACKING_URI": platform.tracking_uri,
-                                                           "PATH": path}):
-        yield f"http://127.0.0.1:{port}"
-
-
-@contextlib.contextmanager
-def serve_fastapi(platform: rayline.Platform, model_uri: str, port: int, logs: Path) -> Iterator[str]:
-    command = [sys.executable, str(BENCH / "fastapi_server.py"), "--model-uri", model_uri, "--port", str(port)]
-    with child(command, logs / "fastapi.log", {"MLFLOW_TRACKING_URI": platform.tracking_uri}):
+def serve_peer(server: str, platform: rayline.Platform, model_dir: Path, model_uri: str, port: int,
+               logs: Path) -> Iterator[str]:
+    command, cwd = peer_command(server, model_dir, model_uri, port)
+    env = {"MLFLOW_TRACKING_URI": platform.tracking_uri, "BENCH_MODEL_DIR": str(model_dir), "BENCH_WORKERS": "2",
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    with child(command, logs / f"{server}.log", env, cwd):
         yield f"http://127.0.0.1:{port}"
 
 
@@ -188,17 +235,23 @@ def wrk(url: str, body_file: Path, connections: int, duration_s: int, client_cpu
 
 
 def measure(args: argparse.Namespace, platform: rayline.Platform, model: str, model_uri: str, row: pd.DataFrame,
-            logs: Path) -> list[Measurement]:
-    body = json.dumps({"dataframe_split": row.to_dict(orient="split", index=False)}).encode()
+            logs: Path) -> tuple[list[Measurement], dict[int, float]]:
+    """Every server in turn under wrk; for rayline also the handle-call ceiling."""
+    import mlflow
+
+    from rayline.packaged.layout import package_dir
+
+    payload = {"dataframe_split": row.to_dict(orient="split", index=False)}
+    body = json.dumps(payload).encode()
     body_file = logs / f"{model}-body.json"
     body_file.write_bytes(body)
-    results = []
+    model_dir = package_dir(mlflow.artifacts.download_artifacts(model_uri, dst_path=str(logs / f"{model}-model")))
+    results, ceiling = [], {}
     for server in args.servers:
         port = free_port()
         print(f"[bench] {model}: starting {server}", flush=True)
         started = (serve_rayline(platform, model, model_uri, port) if server == "rayline" else
-                   serve_mlflow(platform, model_uri, port, logs) if server == "mlflow" else
-                   serve_fastapi(platform, model_uri, port, logs))
+                   serve_peer(server, platform, model_dir, model_uri, port, logs))
         with started as base:
             url = f"{base}/invocations"
             wait_until(lambda url=url: _post_ok(url, body), 300, f"{server} serving {model}")
@@ -211,24 +264,29 @@ def measure(args: argparse.Namespace, platform: rayline.Platform, model: str, mo
                 print(f"[bench] {model} {server:8s} c={connections:<3d} {numbers['requests_per_s']:8.1f} req/s  "
                       f"p50 {numbers['p50_ms']:7.1f} ms  p99 {numbers['p99_ms']:7.1f} ms  "
                       f"errors {numbers['errors']}", flush=True)
-    return results
+            if server == "rayline":
+                for concurrency in HANDLE_CONCURRENCY:
+                    ceiling[concurrency] = handle_ceiling(f"bench-{model}", payload, concurrency, args.duration)
+                    print(f"[bench] {model} handle calls c={concurrency}: {ceiling[concurrency]:.0f} req/s",
+                          flush=True)
+    return results, ceiling
 
 
-def table(results: list[Measurement], forward: dict[str, float]) -> str:
-    """Markdown: one row per model and concurrency, the three servers side by side, then the ratios."""
+def table(results: list[Measurement]) -> str:
+    """Markdown: one row per model and concurrency, every server side by side, then rayline's ratio to each."""
     by = {(m.model, m.server, m.concurrency): m for m in results}
-    lines = ["| model (1-row predict) | c | rayline req/s (p50 / p99 ms, errors) | mlflow models serve "
-             "| plain FastAPI | rayline/mlflow | rayline/FastAPI |", "|---|---|---|---|---|---|---|"]
-    for (model, server, c), m in by.items():
-        if server != "rayline":
-            continue
+    peers = [s for s in SERVERS if s != "rayline"]
+    lines = ["| model | c | " + " | ".join(SERVERS) + " | " + " | ".join(f"rayline/{p}" for p in peers) + " |",
+             "|---|---|" + "---|" * (len(SERVERS) + len(peers))]
+    for model, c in dict.fromkeys((m.model, m.concurrency) for m in results):
         cells = []
-        for peer in SERVERS:
-            p = by.get((model, peer, c))
+        for server in SERVERS:
+            p = by.get((model, server, c))
             cells.append(f"{p.requests_per_s:.0f} ({p.p50_ms:.1f} / {p.p99_ms:.1f}, {p.errors})" if p else "—")
-        ratios = [f"{m.requests_per_s / by[(model, peer, c)].requests_per_s:.2f}x"
-                  if (model, peer, c) in by else "—" for peer in ("mlflow", "fastapi")]
-        lines.append(f"| {model} ({forward[model]:.1f} ms) | {c} | " + " | ".join(cells + ratios) + " |")
+        mine = by.get((model, "rayline", c))
+        ratios = [f"{mine.requests_per_s / by[(model, peer, c)].requests_per_s:.2f}x"
+                  if mine and (model, peer, c) in by else "—" for peer in peers]
+        lines.append(f"| {model} | {c} | " + " | ".join(cells + ratios) + " |")
     return "\n".join(lines)
 
 
@@ -249,24 +307,34 @@ def main() -> None:
         os.sched_setaffinity(0, {int(c) for c in args.server_cpus.split(",")})  # every server inherits it
     platform = rayline.up(args.state_dir)
     ingress = rayline.status(args.state_dir)["serve_ingress"]
+    ceilings: dict[str, dict[int, float]] = {}
     try:
         platform.init_ray(verbose=False)
         models = ensure_models(platform, args.state_dir, args.retrain)
         rows = {m: one_row(models[m], platform.tracking_uri) for m in args.models}
-        forward = {m: forward_ms(models[m], rows[m]) for m in args.models}
+        predict_ms = {m: forward_ms(models[m], rows[m]) for m in args.models}
         logs = args.state_dir / "logs"
         logs.mkdir(exist_ok=True)
-        results = [r for m in args.models for r in measure(args, platform, m, models[m], rows[m], logs)]
+        results = []
+        for m in args.models:
+            measured, ceilings[m] = measure(args, platform, m, models[m], rows[m], logs)
+            results += measured
     finally:
         import ray
 
         ray.shutdown()
         rayline.down(args.state_dir)
     print(f"\nwrk -t1 pinned to CPU {args.client_cpus}; servers on CPUs {args.server_cpus or 'all'}; "
-          f"{args.duration} s per cell; rayline ingress: {ingress}\n")
-    print(table(results, forward))
+          f"{args.duration} s per cell; rayline ingress: {ingress}; cells: req/s (p50 / p99 ms, errors)\n")
+    print(table(results))
+    print("\n| model | PackagedModel.predict 1 row (ms) | 32 rows (ms) | handle calls c=1 (req/s) | c=32 (req/s) |")
+    print("|---|---|---|---|---|")
+    for m in args.models:
+        print(f"| {m} | {predict_ms[m]['1']:.2f} | {predict_ms[m]['32']:.2f} | "
+              f"{ceilings[m].get(1, float('nan')):.0f} | {ceilings[m].get(32, float('nan')):.0f} |")
     if args.json:
-        args.json.write_text(json.dumps([asdict(r) for r in results], indent=1))
+        args.json.write_text(json.dumps({"results": [asdict(r) for r in results], "predict_ms": predict_ms,
+                                         "handle_ceiling": ceilings}, indent=1))
 
 
 if __name__ == "__main__":

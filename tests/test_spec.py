@@ -19,10 +19,11 @@ from ray.data.preprocessors import MinMaxScaler, Normalizer, OneHotEncoder, Stan
 from torch import nn
 
 from rayline.cluster.resources import check_placeable, worker_bundle
-from rayline.data.state_codec import _decode, _encode, dump_preprocessor, load_preprocessor
+from rayline.data.state_codec import _encode, dump_preprocessor, load_preprocessor
 from rayline.data.validate import check_schema
 from rayline.errors import SpecError
 from rayline.models import CNN, MLP, build_model, resolve_factory
+from rayline.packaged.state_json import decode
 from rayline.spec import ModelSpec, PipelineSpec, ScalingSpec, load_spec, with_overrides
 from rayline.spec.loading import apply_overrides, parse_overrides
 
@@ -705,7 +706,7 @@ def test_codec_one_hot_int_vocabulary() -> None:
 
 def test_codec_tuple_and_dtype_values() -> None:
     value = {"t": (1, "a"), "d": np.dtype("float32"), "n": np.int64(5), (1, 2): [np.float32(0.5)]}
-    decoded = _decode(json.loads(json.dumps(_encode(value))))
+    decoded = decode(json.loads(json.dumps(_encode(value))))
     assert decoded == {"t": (1, "a"), "d": np.dtype("float32"), "n": 5, (1, 2): [0.5]}
     assert isinstance(decoded["t"], tuple)
     with pytest.raises(TypeError, match="cannot store"):
@@ -784,7 +785,19 @@ def test_canary_spec_is_a_second_version_of_the_served_model() -> None:
     from rayline.spec import load_service_spec
 
     spec = load_service_spec(ROOT / "serving" / "digits.yaml", {"canary.model": "models:/digits/4"})
-    assert spec.canary.model == "models:/digits/4" and spec.canary.traffic_percent == 10
+    assert str(spec.canary.model) == "models:/digits/4" and spec.canary.traffic_percent == 10
+    assert spec.canary.model.version == "4" and spec.model.alias == "champion"
+
+
+@pytest.mark.parametrize("text", ["models:/digits", "models:/a/b/c", "digits@champion", "models:/x@", "models:/x/1a",
+                                  "models:/ x@y"])
+def test_model_uris_are_parsed_once_and_refused_when_malformed(text: str) -> None:
+    from rayline.spec import ModelUri
+
+    with pytest.raises(ValueError, match="models:/name@alias"):
+        ModelUri.parse(text)
+    assert ModelUri.parse("models:/digits@champion") == ModelUri("digits", alias="champion")
+    assert str(ModelUri.parse("models:/digits/12")) == "models:/digits/12"
 
 
 def test_exported_serve_config_is_the_committed_one_and_round_trips() -> None:
