@@ -28,8 +28,8 @@ test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q --durations=15
 
-# The serving benchmark's LitServe and BentoML peers, in an environment of their own: BentoML would change packages
-# that Ray pins. torch first, for the same reason as above.
+# The serving benchmark's LitServe and BentoML peers, in an environment of their own: BentoML pins OpenTelemetry
+# older than the versions Ray and MLflow run with in $(VENV). torch first, for the same reason as above.
 bench-peers: $(STAMP)
 	test -d bench/.venv-peers || $(PYTHON) -m venv bench/.venv-peers
 	bench/.venv-peers/bin/pip install -q torch==2.13.0

@@ -4,8 +4,9 @@ peers' request path.
     .venv/bin/python bench/serve_bench.py                      # about 20 minutes on 2 cores
     .venv/bin/python bench/serve_bench.py --models wide --duration 5 --concurrency 32
 
-Needs wrk (``apt-get install wrk``) and the peers' own environment (``make bench-peers``: LitServe and BentoML
-live in ``bench/.venv-peers``, out of rayline's dependencies, because BentoML would change packages Ray pins).
+Needs wrk (``apt-get install wrk``) and the peers' own environment (``make bench-peers``): LitServe and BentoML
+live in ``bench/.venv-peers``, out of rayline's dependencies, because BentoML pins OpenTelemetry to versions older
+than the ones Ray and MLflow run with here.
 
 Two registered models, each served by every server in turn, loaded by the same compiled generator (wrk) with the
 same body: one row in MLflow's ``dataframe_split`` format POSTed to ``/invocations``. The models:
@@ -19,8 +20,9 @@ The servers:
   other requests are queued);
 * ``plain`` (a) and ``plain-w2`` (b): ``bench/peers/plain_fastapi.py``, FastAPI + uvicorn with 1 or 2 workers;
 * ``mlflow`` (c): ``mlflow models serve`` of the registered model;
-* ``litserve`` (d): ``bench/peers/litserve_server.py``, 2 workers, no batching;
-* ``bentoml`` (e): ``bench/peers/bentoml_service.py``, 2 workers.
+* ``litserve`` (d): ``bench/peers/litserve_server.py``: 2 workers without batching for ``digits``, 1 worker
+  batching up to 32 requests for at most 10 ms for ``wide`` (each the better of the two on 2 cores);
+* ``bentoml`` (e): ``bench/peers/bentoml_service.py``, 2 workers, no adaptive batching (no faster, and 503s).
 
 The peers (a, b, d, e) load the packaged model's weights with ``rayline.models.build_model`` and run its
 preprocessing re-written in numpy (``bench/peers/numpy_model.py``). Also measured: one rayline replica's ceiling
@@ -65,6 +67,9 @@ SERVICE_OVERRIDES = {
     "digits": {},
     "wide": {"batching.max_batch_size": 32, "batching.batch_wait_timeout_s": 0.01},
 }
+# The peers' best settings on 2 cores where they differ from their defaults: LitServe batching (like rayline's
+# wide service) is worth it only where the forward pass dominates.
+PEER_OPTIONS = {"wide": {"litserve": ["--workers", "1", "--batch", "32", "--batch-timeout", "0.01"]}}
 HANDLE_CONCURRENCY = (1, 32)
 
 
@@ -131,14 +136,20 @@ def forward_ms(model_uri: str, row: pd.DataFrame, repeats: int = 200) -> dict[st
     return medians
 
 
-def handle_ceiling(app_name: str, payload: dict, concurrency: int, duration_s: float) -> float:
-    """Requests/s of Ray Serve handle calls (``ModelServer.score``) with ``concurrency`` outstanding."""
+def handle_ceiling(app_name: str, payload: dict, concurrency: int, duration_s: float) -> float | None:
+    """Requests/s of Ray Serve handle calls (``ModelServer.score``) with ``concurrency`` outstanding; None when
+    the deployment has no working ``score``."""
     from collections import deque
 
     from ray import serve
 
     handle = serve.get_app_handle(app_name)
-    handle.score.remote(payload).result()
+    try:
+        handle.score.remote(payload).result()
+    except Exception as err:  # an older ModelServer without `score`: Serve says so only when the call fails
+        print(f"[bench] handle calls skipped: {app_name}'s ModelServer.score failed ({type(err).__name__}: "
+              f"{str(err).strip().splitlines()[-1] if str(err).strip() else ''})", flush=True)
+        return None
     outstanding: deque = deque()
     done, started = 0, time.perf_counter()
     while time.perf_counter() - started < duration_s:
@@ -151,15 +162,28 @@ def handle_ceiling(app_name: str, payload: dict, concurrency: int, duration_s: f
     return done / (time.perf_counter() - started)
 
 
-def _post_ok(url: str, body: bytes) -> bool:
+def handle_ceilings(app_name: str, payload: dict, duration_s: float) -> dict[int, float]:
+    """:func:`handle_ceiling` at each of ``HANDLE_CONCURRENCY`` (none if ``score`` is missing)."""
+    rates = {}
+    for concurrency in HANDLE_CONCURRENCY:
+        rate = handle_ceiling(app_name, payload, concurrency, duration_s)
+        if rate is None:
+            break
+        rates[concurrency] = rate
+        print(f"[bench] {app_name} handle calls c={concurrency}: {rate:.0f} req/s", flush=True)
+    return rates
+
+
+def _post(url: str, body: bytes) -> dict | None:
+    """The JSON answer to one POST, or None if the server is not answering (yet) or fails."""
     import urllib.request
 
     request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status == 200
-    except OSError:
-        return False
+            return json.loads(response.read())
+    except (OSError, ValueError):
+        return None
 
 
 @contextlib.contextmanager
@@ -177,18 +201,21 @@ def child(command: list[str], log: Path, env: dict[str, str] | None = None,
 
 @contextlib.contextmanager
 def serve_rayline(platform: rayline.Platform, model: str, model_uri: str, port: int) -> Iterator[str]:
+    from rayline.serving import shutdown
+
     overrides = {"name": f"bench-{model}", "model": model_uri, "port": port, **SERVICE_OVERRIDES[model]}
     spec = rayline.load_service_spec(ROOT / "serving" / "digits.yaml", overrides)
     endpoint = rayline.serve(spec, ray_address=platform.ray_address, tracking_uri=platform.tracking_uri)
     try:
         yield endpoint.url
     finally:
-        rayline.shutdown(ray_address=platform.ray_address, tracking_uri=platform.tracking_uri)
+        shutdown(platform)  # and wait until Serve is gone: the next model starts a new one on its own port
 
 
-def peer_command(server: str, model_dir: Path, model_uri: str, port: int) -> tuple[list[str], Path | None]:
+def peer_command(server: str, model: str, model_dir: Path, model_uri: str,
+                 port: int) -> tuple[list[str], Path | None]:
     """The command line (and working directory) that starts a peer on ``port``."""
-    common = ["--model-dir", str(model_dir), "--port", str(port)]
+    common = ["--model-dir", str(model_dir), "--port", str(port), *PEER_OPTIONS.get(model, {}).get(server, [])]
     if server in ("plain", "plain-w2"):
         return [sys.executable, str(PEERS / "plain_fastapi.py"), *common,
                 "--workers", "2" if server == "plain-w2" else "1"], None
@@ -203,10 +230,10 @@ def peer_command(server: str, model_dir: Path, model_uri: str, port: int) -> tup
 
 
 @contextlib.contextmanager
-def serve_peer(server: str, platform: rayline.Platform, model_dir: Path, model_uri: str, port: int,
+def serve_peer(server: str, platform: rayline.Platform, model: str, model_dir: Path, model_uri: str, port: int,
                logs: Path) -> Iterator[str]:
-    command, cwd = peer_command(server, model_dir, model_uri, port)
-    env = {"MLFLOW_TRACKING_URI": platform.tracking_uri, "BENCH_MODEL_DIR": str(model_dir), "BENCH_WORKERS": "2",
+    command, cwd = peer_command(server, model, model_dir, model_uri, port)
+    env = {"MLFLOW_TRACKING_URI": platform.tracking_uri, "BENCH_MODEL_DIR": str(model_dir),
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     with child(command, logs / f"{server}.log", env, cwd):
         yield f"http://127.0.0.1:{port}"
@@ -246,29 +273,29 @@ def measure(args: argparse.Namespace, platform: rayline.Platform, model: str, mo
     body_file = logs / f"{model}-body.json"
     body_file.write_bytes(body)
     model_dir = package_dir(mlflow.artifacts.download_artifacts(model_uri, dst_path=str(logs / f"{model}-model")))
-    results, ceiling = [], {}
+    results, ceiling, labels = [], {}, {}
     for server in args.servers:
         port = free_port()
         print(f"[bench] {model}: starting {server}", flush=True)
         started = (serve_rayline(platform, model, model_uri, port) if server == "rayline" else
-                   serve_peer(server, platform, model_dir, model_uri, port, logs))
+                   serve_peer(server, platform, model, model_dir, model_uri, port, logs))
         with started as base:
             url = f"{base}/invocations"
-            wait_until(lambda url=url: _post_ok(url, body), 300, f"{server} serving {model}")
+            wait_until(lambda url=url: _post(url, body) is not None, 300, f"{server} serving {model}")
+            labels[server] = _post(url, body)["predictions"][0]["prediction"]
             # Warm up at the highest concurrency, so that Serve's autoscaling has settled before measuring.
             wrk(url, body_file, max(args.concurrency), args.warmup, args.client_cpus)
             for connections in args.concurrency:
-                _post_ok(url, body)  # returns once a single-process server has worked off the previous run's queue
+                _post(url, body)  # returns once a single-process server has worked off the previous run's queue
                 numbers = wrk(url, body_file, connections, args.duration, args.client_cpus)
                 results.append(Measurement(model, server, connections, **numbers))
                 print(f"[bench] {model} {server:8s} c={connections:<3d} {numbers['requests_per_s']:8.1f} req/s  "
                       f"p50 {numbers['p50_ms']:7.1f} ms  p99 {numbers['p99_ms']:7.1f} ms  "
                       f"errors {numbers['errors']}", flush=True)
             if server == "rayline":
-                for concurrency in HANDLE_CONCURRENCY:
-                    ceiling[concurrency] = handle_ceiling(f"bench-{model}", payload, concurrency, args.duration)
-                    print(f"[bench] {model} handle calls c={concurrency}: {ceiling[concurrency]:.0f} req/s",
-                          flush=True)
+                ceiling = handle_ceilings(f"bench-{model}", payload, args.duration)
+    if len(set(map(str, labels.values()))) > 1:
+        print(f"[bench] WARNING: the servers disagree on {model}'s row: {labels}", flush=True)
     return results, ceiling
 
 
@@ -303,6 +330,9 @@ def main() -> None:
     parser.add_argument("--retrain", action="store_true", help="train and register the models again")
     parser.add_argument("--json", type=Path, help="also write the measurements here")
     args = parser.parse_args()
+    if {"litserve", "bentoml"} & set(args.servers) and not PEER_PYTHON.exists():
+        parser.error(f"{PEER_PYTHON} is missing: run `make bench-peers`, or leave litserve and bentoml out of "
+                     "--servers")
     if args.server_cpus:
         os.sched_setaffinity(0, {int(c) for c in args.server_cpus.split(",")})  # every server inherits it
     platform = rayline.up(args.state_dir)

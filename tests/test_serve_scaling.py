@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterator
 
@@ -68,16 +69,22 @@ def test_autoscaling_up_under_load_and_back_down(platform: rayline.Platform, por
 
 
 def test_overload_gets_503_not_an_unbounded_queue(platform: rayline.Platform, port: int, body: dict) -> None:
+    """One request in the replica and one queued: the rest of a simultaneous burst is refused at once. Each request
+    carries 600 rows, so that it occupies the replica while the burst arrives."""
     endpoint = _deploy(platform, port, "bounded", max_ongoing_requests=1, max_queued_requests=1,
-                       autoscaling={"min_replicas": 1, "max_replicas": 1},
-                       batching={"max_batch_size": 8, "batch_wait_timeout_s": 0.5})
+                       autoscaling={"min_replicas": 1, "max_replicas": 1}, max_rows=600)
+    heavy = {"instances": body["instances"] * 300}
     statuses: list[int] = []
+    start = threading.Barrier(16)
 
     def one() -> None:
         with httpx.Client(timeout=60) as http:
-            statuses.append(http.post(f"{endpoint.url}/v1/models/{SERVE_MODEL}/predict", json=body).status_code)
+            content = json.dumps(heavy).encode()
+            start.wait()
+            statuses.append(http.post(f"{endpoint.url}/v1/models/{SERVE_MODEL}/predict", content=content,
+                                      headers={"content-type": "application/json"}).status_code)
 
-    burst = [threading.Thread(target=one) for _ in range(12)]
+    burst = [threading.Thread(target=one) for _ in range(16)]
     for request in burst:
         request.start()
     for request in burst:

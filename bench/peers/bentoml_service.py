@@ -2,19 +2,18 @@
 
     cd bench/peers && BENCH_MODEL_DIR=DIR BENCH_WORKERS=2 ../.venv-peers/bin/bentoml serve \\
         bentoml_service:Peer --host 127.0.0.1 --port 8003
+
+2 workers, no adaptive batching: batching (a batchable service behind this one, the body being one JSON object)
+answered 503s under load at 32 connections and took 5x longer at 1.
 """
 
 from __future__ import annotations
 
 import os
-import sys
-from pathlib import Path
 from typing import Any
 
 import bentoml
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from numpy_model import NumpyModel
+from numpy_model import NumpyModel  # `bentoml serve` runs in this folder and puts it on sys.path
 
 
 @bentoml.service(workers=int(os.environ.get("BENCH_WORKERS", "2")), traffic={"timeout": 60})

@@ -7,17 +7,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
-from pathlib import Path
 
 import uvicorn
 from fastapi import FastAPI, Request
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from numpy_model import NumpyModel
+from numpy_model import NumpyModel  # this script's folder is on sys.path, and so on its workers'
 
 
 def create_app() -> FastAPI:
+    """The app of one process: the model loaded once, ``POST /invocations`` answered on the event loop."""
     model = NumpyModel(os.environ["BENCH_MODEL_DIR"])
     app = FastAPI()
 
@@ -34,7 +31,6 @@ if __name__ == "__main__":
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--workers", type=int, default=1)
     args = parser.parse_args()
-    os.environ["BENCH_MODEL_DIR"] = args.model_dir
-    os.chdir(Path(__file__).resolve().parent)  # uvicorn's workers import `plain_fastapi:create_app` from here
+    os.environ["BENCH_MODEL_DIR"] = args.model_dir  # workers are new processes: they read it from here
     uvicorn.run("plain_fastapi:create_app", factory=True, host="127.0.0.1", port=args.port, workers=args.workers,
                 log_level="warning", access_log=False)

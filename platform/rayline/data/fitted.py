@@ -80,7 +80,8 @@ class FittedPreprocessor:
 
     def transform_frame(self, frame: pd.DataFrame) -> np.ndarray:
         """The same steps on a pandas frame of raw input columns: a (rows, num_features) float32 array."""
-        transformed = Chain(*self.feature_steps).transform_batch(frame[self.input_columns].copy())
+        rows = frame[self.input_columns].reset_index(drop=True)  # Ray's Concatenator aligns rows by index label
+        transformed = Chain(*self.feature_steps).transform_batch(rows)
         return np.stack(transformed[FEATURES].to_numpy()).astype(np.float32, copy=False)
 
     def compile(self) -> CompiledPreprocessor:

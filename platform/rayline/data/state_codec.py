@@ -22,7 +22,7 @@ from ray.data.preprocessors import (
 from ray.data.preprocessors.utils import StatComputationPlan
 
 from rayline.data.steps import DropColumns, HashBuckets
-from rayline.packaged.state_json import decode
+from rayline.packaged.state_json import DTYPE, MARKERS, PAIRS, TUPLE, decode
 
 ALLOWED: dict[str, type[SerializablePreprocessorBase]] = {
     cls.get_preprocessor_class_id(): cls
@@ -35,15 +35,15 @@ ALLOWED: dict[str, type[SerializablePreprocessorBase]] = {
 
 def _encode(value: Any) -> Any:
     if isinstance(value, dict):
-        if all(isinstance(k, str) for k in value):
+        if all(isinstance(k, str) for k in value) and not MARKERS.intersection(value):
             return {k: _encode(v) for k, v in value.items()}
-        return {"__pairs__": [[_encode(k), _encode(v)] for k, v in value.items()]}
+        return {PAIRS: [[_encode(k), _encode(v)] for k, v in value.items()]}
     if isinstance(value, tuple):
-        return {"__tuple__": [_encode(v) for v in value]}
+        return {TUPLE: [_encode(v) for v in value]}
     if isinstance(value, list):
         return [_encode(v) for v in value]
     if isinstance(value, np.dtype) or (isinstance(value, type) and issubclass(value, np.generic)):
-        return {"__dtype__": np.dtype(value).name}
+        return {DTYPE: np.dtype(value).name}
     if isinstance(value, np.generic):
         return value.item()
     if isinstance(value, str | int | float | bool) or value is None:

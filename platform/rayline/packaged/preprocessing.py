@@ -2,16 +2,19 @@
 
 Ray Data fits the steps and transforms datasets for training (``data/fitted.py``); a Ray Data preprocessor costs
 about 20 ms a call whatever the rows, too much for a request. This module reads the same fitted state (the JSON
-the packaged model carries) and applies it with the same semantics, importing neither Ray nor ``rayline.data``:
+the packaged model carries) and applies it with Ray's semantics, importing neither Ray nor ``rayline.data``:
 
-- ``standard_scale``: ``(x - mean) / std``, a std under 1e-8 taken as 1; no fitted stats → NaN;
-- ``min_max_scale``: ``(x - min) / (max - min)``, a range under 1e-8 taken as 1; no fitted stats → NaN;
-- ``impute``: missing values filled with the fitted mean or most frequent value, or the constant;
-- ``one_hot``: one position per fitted category (``max_categories`` was applied when fitting); unseen and
-  missing values give all zeros;
-- ``hash``: a one-hot vector of the value's BLAKE2 bucket (``str(value)``, as ``data/steps.py:HashBuckets``);
-- ``drop``: the column is not in the output;
-- finally the kept columns in order, vectors flattened in place, as one float32 vector per row.
+- ``standard_scale``: ``(x - mean) / std`` (population std); a std under 1e-8 (a constant column) is taken as 1,
+  so the column becomes ``x - mean``; a column that had no values when fitting gives NaN; NaN stays NaN;
+- ``min_max_scale``: ``(x - min) / (max - min)``, the same rules for a range under 1e-8 and for no values;
+  serving values outside the fitted range leave [0, 1];
+- ``impute``: missing values (None, NaN) become the fitted mean or most frequent value (Ray's pick on a tie), or
+  the constant; a fitted state without a value is refused, as Ray refuses to transform with it;
+- ``one_hot``: one position per fitted category, in sorted order (with ``max_categories``, Ray kept the most
+  frequent ones when fitting); unseen values give all zeros, and so do missing ones (which Ray refuses);
+- ``hash``: a one-hot vector of the BLAKE2 bucket of ``str(value)`` (as ``data/steps.py:HashBuckets``);
+- ``drop``: the column is not among the concatenated ones;
+- finally the concatenated columns in order, encodings flattened in place, as one float32 vector per row.
 """
 
 from __future__ import annotations
@@ -26,74 +29,91 @@ import pandas as pd
 
 from rayline.packaged.state_json import decode
 
-EPSILON = 1e-8  # Ray's scalers treat a smaller std or range as 1
-STANDARD, MIN_MAX, IMPUTER, ONE_HOT, CONCAT, DROP, HASH = (
-    "io.ray.preprocessors.standard_scaler", "io.ray.preprocessors.min_max_scaler",
-    "io.ray.preprocessors.simple_imputer", "io.ray.preprocessors.one_hot_encoder",
-    "io.ray.preprocessors.concatenator", "io.rayline.preprocessors.drop_columns",
-    "io.rayline.preprocessors.hash_buckets")
-Columns = dict[str, np.ndarray]
+EPSILON = 1e-8  # Ray's scalers take a smaller std or range as 1
+VERSION = 1  # the state version of every preprocessor below; another one may mean other semantics
+STANDARD = "io.ray.preprocessors.standard_scaler"
+MIN_MAX = "io.ray.preprocessors.min_max_scaler"
+IMPUTER = "io.ray.preprocessors.simple_imputer"
+ONE_HOT = "io.ray.preprocessors.one_hot_encoder"
+CONCAT = "io.ray.preprocessors.concatenator"
+LABEL = "io.ray.preprocessors.label_encoder"
+DROP = "io.rayline.preprocessors.drop_columns"
+HASH = "io.rayline.preprocessors.hash_buckets"
+Columns = dict[str, np.ndarray]  # the frame path's working columns: 1-D values, or (rows, width) encodings
 
 
 @dataclass(frozen=True)
 class _Scale:
-    """``(x - offset) / divisor`` per column (NaN offset: the column had no values to fit on)."""
+    """``(x - offset) / divisor``, with one offset and divisor per input column (0 and 1 where the step does not
+    apply, which leaves a value bit for bit as it was)."""
 
     columns: list[str]
+    positions: list[int]
     offset: np.ndarray
     divisor: np.ndarray
 
     @classmethod
-    def from_state(cls, type_id: str, fields: dict[str, Any], stats: dict[str, Any]) -> _Scale:
-        columns = fields["columns"]
+    def from_state(cls, type_id: str, fields: dict[str, Any], stats: dict[str, Any],
+                   position: dict[str, int]) -> _Scale:
+        columns = list(fields["columns"])
         if type_id == STANDARD:
-            pairs = [(stats[f"mean({c})"], stats[f"std({c})"]) for c in columns]
+            centres = [stats[f"mean({c})"] for c in columns]
+            spreads = [stats[f"std({c})"] for c in columns]
         else:
-            pairs = [(stats[f"min({c})"], None if stats[f"max({c})"] is None or stats[f"min({c})"] is None
-                      else stats[f"max({c})"] - stats[f"min({c})"]) for c in columns]
-        offset = np.array([np.nan if o is None or d is None else o for o, d in pairs], dtype=np.float64)
-        divisor = np.array([1.0 if d is None or d < EPSILON else d for _, d in pairs], dtype=np.float64)
-        return cls(columns, offset, divisor)
+            centres = [stats[f"min({c})"] for c in columns]
+            spreads = [None if low is None or high is None else high - low
+                       for low, high in zip(centres, [stats[f"max({c})"] for c in columns], strict=True)]
+        positions = [position[c] for c in columns]
+        offset, divisor = np.zeros(len(position)), np.ones(len(position))
+        for at, centre, spread in zip(positions, centres, spreads, strict=True):
+            offset[at] = np.nan if centre is None or spread is None else centre
+            divisor[at] = 1.0 if spread is None or spread < EPSILON else spread
+        return cls(columns, positions, offset, divisor)
 
-    def block(self, block: np.ndarray, positions: np.ndarray) -> None:
-        block[:, positions] = (block[:, positions] - self.offset) / self.divisor
+    def block(self, work: np.ndarray) -> None:
+        np.subtract(work, self.offset, out=work)
+        np.divide(work, self.divisor, out=work)
 
     def frame(self, columns: Columns) -> None:
-        for column, offset, divisor in zip(self.columns, self.offset, self.divisor, strict=True):
-            columns[column] = (_numbers(columns[column]) - offset) / divisor
+        for column, at in zip(self.columns, self.positions, strict=True):
+            columns[column] = (_numbers(columns[column]) - self.offset[at]) / self.divisor[at]
 
 
 @dataclass(frozen=True)
 class _Impute:
-    """Missing values (None, NaN) replaced by the fitted or constant value of each column."""
+    """Missing values replaced by each column's value; ``fill`` has them per input column (NaN where the step does
+    not apply) when they are all numbers."""
 
     columns: list[str]
     values: list[Any]
+    fill: np.ndarray | None
 
     @classmethod
-    def from_state(cls, fields: dict[str, Any], stats: dict[str, Any]) -> _Impute:
-        strategy, columns = fields["strategy"], fields["columns"]
+    def from_state(cls, fields: dict[str, Any], stats: dict[str, Any], position: dict[str, int]) -> _Impute:
+        strategy, columns = fields["strategy"], list(fields["columns"])
         if strategy == "constant":
-            return cls(columns, [fields["fill_value"]] * len(columns))
-        if strategy not in ("mean", "most_frequent"):
+            values = [fields["fill_value"]] * len(columns)
+        elif strategy in ("mean", "most_frequent"):
+            values = [stats[f"{strategy}({c})"] for c in columns]
+        else:
             raise ValueError(f"unknown imputation strategy {strategy!r}")
-        return cls(columns, [stats[f"{strategy}({c})"] for c in columns])
+        if any(value is None for value in values):
+            raise ValueError(f"no fill value for some of {columns}: the training split had no values there")
+        fill = None
+        if all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
+            fill = np.full(len(position), np.nan)
+            fill[[position[c] for c in columns]] = values
+        return cls(columns, values, fill)
 
-    @property
-    def numeric(self) -> bool:
-        return all(isinstance(v, int | float) and not isinstance(v, bool) for v in self.values)
-
-    def block(self, block: np.ndarray, positions: np.ndarray) -> None:
-        values = np.asarray(self.values, dtype=np.float64)
-        part = block[:, positions]
-        block[:, positions] = np.where(np.isnan(part), values, part)
+    def block(self, work: np.ndarray) -> None:
+        np.copyto(work, self.fill, where=np.isnan(work))
 
     def frame(self, columns: Columns) -> None:
         for column, value in zip(self.columns, self.values, strict=True):
             present = columns[column]
             missing = pd.isna(present)
             if missing.any():
-                filled = present.astype(object if isinstance(value, str) else present.dtype, copy=True)
+                filled = present.astype(object if isinstance(value, str) else present.dtype)
                 filled[missing] = value
                 columns[column] = filled
 
@@ -112,6 +132,10 @@ class _OneHot:
             categories[column] = pd.Index([value for value, _ in sorted(vocabulary.items(), key=lambda kv: kv[1])])
         return cls(categories)
 
+    @property
+    def widths(self) -> dict[str, int]:
+        return {column: len(index) for column, index in self.categories.items()}
+
     def frame(self, columns: Columns) -> None:
         for column, index in self.categories.items():
             values = columns[column]
@@ -126,15 +150,41 @@ class _Hash:
     columns: list[str]
     buckets: int
 
+    @property
+    def widths(self) -> dict[str, int]:
+        return dict.fromkeys(self.columns, self.buckets)
+
     def frame(self, columns: Columns) -> None:
         for column in self.columns:
-            codes = np.fromiter((self._bucket(v) for v in columns[column]), dtype=np.int64,
-                                count=len(columns[column]))
+            values = columns[column].tolist()  # Python scalars, as iterating the pandas column gives them
+            codes = np.fromiter((self._bucket(v) for v in values), dtype=np.int64, count=len(values))
             columns[column] = _one_hot(codes, self.buckets)
 
     def _bucket(self, value: Any) -> int:
         digest = hashlib.blake2b(str(value).encode(), digest_size=8).digest()
         return int.from_bytes(digest, "little") % self.buckets
+
+
+Step = _Scale | _Impute | _OneHot | _Hash
+
+
+def _compile_step(type_id: str, fields: dict[str, Any], stats: dict[str, Any], position: dict[str, int]) -> Step:
+    if type_id in (STANDARD, MIN_MAX):
+        return _Scale.from_state(type_id, fields, stats, position)
+    if type_id == IMPUTER:
+        return _Impute.from_state(fields, stats, position)
+    if type_id == ONE_HOT:
+        return _OneHot.from_state(fields, stats)
+    if type_id == HASH:
+        return _Hash(list(fields["columns"]), int(fields["num_buckets"]))
+    raise ValueError(f"unknown preprocessing step {type_id!r}")
+
+
+def _state(step: dict[str, Any]) -> tuple[str, dict[str, Any], dict[str, Any]]:
+    """A stored preprocessor's type, fields and stats, once its version is known."""
+    if step["version"] != VERSION:
+        raise ValueError(f"{step['type']} version {step['version']} is not supported (only {VERSION})")
+    return step["type"], decode(step["fields"]), decode(step["stats"])
 
 
 def _one_hot(codes: np.ndarray, width: int) -> np.ndarray:
@@ -148,9 +198,6 @@ def _numbers(values: np.ndarray) -> np.ndarray:
     return values.astype(np.float64) if values.dtype != object else pd.to_numeric(values).astype(np.float64)
 
 
-Step = _Scale | _Impute | _OneHot | _Hash
-
-
 class CompiledPreprocessor:
     """The fitted steps of one packaged model, ready to transform raw rows into the model's float32 features."""
 
@@ -159,36 +206,27 @@ class CompiledPreprocessor:
         self.label: str = state["label"]
         self.task: str = state["task"]
         self.num_features: int = int(state["num_features"])
-        self.steps: list[Step] = []
-        self.output_columns: list[str] = list(self.input_columns)
-        imputed: set[str] = set()
-        for step in state["feature_steps"]:
-            type_id, fields, stats = step["type"], decode(step["fields"]), decode(step["stats"])
-            if type_id in (STANDARD, MIN_MAX):
-                self.steps.append(_Scale.from_state(type_id, fields, stats))
-            elif type_id == IMPUTER:
-                self.steps.append(_Impute.from_state(fields, stats))
-                imputed.update(fields["columns"])
-            elif type_id == ONE_HOT:
-                self.steps.append(_OneHot.from_state(fields, stats))
-            elif type_id == HASH:
-                self.steps.append(_Hash(list(fields["columns"]), int(fields["num_buckets"])))
-            elif type_id == CONCAT:
-                self.output_columns = list(fields["columns"])
-            elif type_id != DROP:  # dropped columns are simply not among the concatenated ones
-                raise ValueError(f"unknown preprocessing step {type_id!r}")
-        self.imputed_columns = frozenset(imputed)
-        encoder = state.get("label_encoder")
-        if encoder is None:
-            self.classes: list[Any] | None = None
-        else:
-            vocabulary = decode(encoder["stats"])[f"unique_values({self.label})"]
-            self.classes = [value for value, _ in sorted(vocabulary.items(), key=lambda kv: kv[1])]
-        self.numeric_only = all(isinstance(s, _Scale) or (isinstance(s, _Impute) and s.numeric) for s in self.steps)
         position = {column: i for i, column in enumerate(self.input_columns)}
-        if self.numeric_only:  # where each step's columns and the kept ones sit in a block
-            self._positions = [np.array([position[c] for c in step.columns], dtype=np.intp) for step in self.steps]
-            self._kept = np.array([position[c] for c in self.output_columns], dtype=np.intp)
+        self._steps: list[Step] = []
+        concatenated: list[str] | None = None
+        for stored in state["feature_steps"]:
+            type_id, fields, stats = _state(stored)
+            if type_id == CONCAT:
+                concatenated = self._concatenated(fields)
+            elif type_id != DROP:  # a dropped column is not among the concatenated ones: nothing to do
+                self._steps.append(_compile_step(type_id, fields, stats, position))
+        if concatenated is None:
+            raise ValueError("the state has no concatenation into features")
+        self._layout = self._lay_out(concatenated)
+        self.imputed_columns: frozenset[str] = frozenset(
+            c for step in self._steps if isinstance(step, _Impute) for c in step.columns)
+        self.numeric_only: bool = all(
+            isinstance(step, _Scale) or (isinstance(step, _Impute) and step.fill is not None) for step in self._steps)
+        self._gather = None if concatenated == self.input_columns else np.array(
+            [position[c] for c in concatenated], dtype=np.intp)
+        self.classes: list[Any] | None = self._classes(state["label_encoder"])
+        self._labels = None if self.classes is None else np.fromiter(self.classes, dtype=object,
+                                                                     count=len(self.classes))
 
     @classmethod
     def from_json(cls, text: str) -> CompiledPreprocessor:
@@ -202,26 +240,57 @@ class CompiledPreprocessor:
 
     def transform_block(self, block: np.ndarray) -> np.ndarray:
         """Numeric-only models: a float64 (rows, input columns) block, in :attr:`input_columns` order, to the
-        (rows, num_features) float32 features, with a few vectorised operations per step."""
+        (rows, num_features) float32 features, with two vectorised operations per step. ``block`` is not changed."""
         if not self.numeric_only:
             raise ValueError("transform_block is for models whose steps are all numeric; use transform_frame")
-        work = np.array(block, dtype=np.float64)  # a copy: request blocks may be read-only views
-        for step, positions in zip(self.steps, self._positions, strict=True):
-            step.block(work, positions)
-        return work[:, self._kept].astype(np.float32)
+        work = np.array(block, dtype=np.float64)  # a copy: the steps work in place
+        if work.ndim != 2 or work.shape[1] != len(self.input_columns):
+            raise ValueError(f"expected a (rows, {len(self.input_columns)}) block, got shape {work.shape}")
+        for step in self._steps:
+            step.block(work)
+        return (work if self._gather is None else work[:, self._gather]).astype(np.float32)
 
     def transform_frame(self, frame: pd.DataFrame) -> np.ndarray:
         """Raw input columns (any steps) to the (rows, num_features) float32 features."""
         if self.numeric_only:
-            return self.transform_block(frame[self.input_columns].to_numpy(dtype=np.float64))
+            same = frame.columns.tolist() == self.input_columns  # the usual request: no columns to pick
+            return self.transform_block((frame if same else frame[self.input_columns]).to_numpy(dtype=np.float64))
         columns = {c: frame[c].to_numpy() for c in self.input_columns}
-        for step in self.steps:
+        for step in self._steps:
             step.frame(columns)
-        parts = [np.asarray(columns[c], dtype=np.float32).reshape(len(frame), -1) for c in self.output_columns]
-        return np.concatenate(parts, axis=1) if parts else np.zeros((len(frame), 0), dtype=np.float32)
+        rows = len(frame)
+        features = np.empty((rows, self.num_features), dtype=np.float32)
+        for column, start, width in self._layout:
+            features[:, start:start + width] = columns[column].reshape(rows, width)
+        return features
 
-    def decode(self, indices: np.ndarray) -> np.ndarray:
+    def decode(self, indices: np.ndarray) -> list[Any]:
         """Class indices back to label values."""
-        if self.classes is None:
+        if self._labels is None:
             raise ValueError("decode() is for classification")
-        return np.asarray(self.classes, dtype=object)[indices]
+        return self._labels[np.asarray(indices)].tolist()
+
+    def _concatenated(self, fields: dict[str, Any]) -> list[str]:
+        if not fields.get("flatten") or fields["dtype"] != np.float32:
+            raise ValueError("features must be concatenated flat, as float32")
+        return list(fields["columns"])
+
+    def _lay_out(self, concatenated: list[str]) -> list[tuple[str, int, int]]:
+        """(column, first feature, width) of each concatenated column; the widths must add up to num_features."""
+        widths = dict.fromkeys(concatenated, 1)
+        for step in self._steps:
+            if isinstance(step, _OneHot | _Hash):
+                widths.update(step.widths)
+        starts = np.cumsum([0, *(widths[c] for c in concatenated)])
+        if starts[-1] != self.num_features:
+            raise ValueError(f"the steps give {starts[-1]} features, the state says {self.num_features}")
+        return [(c, int(start), widths[c]) for c, start in zip(concatenated, starts[:-1], strict=True)]
+
+    def _classes(self, encoder: dict[str, Any] | None) -> list[Any] | None:
+        if encoder is None:
+            return None
+        type_id, _, stats = _state(encoder)
+        if type_id != LABEL:
+            raise ValueError(f"unknown label encoder {type_id!r}")
+        vocabulary = stats[f"unique_values({self.label})"]
+        return [value for value, _ in sorted(vocabulary.items(), key=lambda kv: kv[1])]

@@ -6,6 +6,9 @@ from typing import Any
 
 import numpy as np
 
+PAIRS, TUPLE, DTYPE = "__pairs__", "__tuple__", "__dtype__"
+MARKERS = frozenset({PAIRS, TUPLE, DTYPE})  # a dict with one of these keys is stored as pairs, never as an object
+
 
 def decode(value: Any) -> Any:
     """JSON back to Python: ``__pairs__`` → dict with any keys, ``__tuple__`` → tuple, ``__dtype__`` → dtype."""
@@ -13,12 +16,12 @@ def decode(value: Any) -> Any:
         return [decode(v) for v in value]
     if not isinstance(value, dict):
         return value
-    if "__pairs__" in value:
-        return {_hashable(decode(k)): decode(v) for k, v in value["__pairs__"]}
-    if "__tuple__" in value:
-        return tuple(decode(v) for v in value["__tuple__"])
-    if "__dtype__" in value:
-        return np.dtype(value["__dtype__"])
+    if PAIRS in value:
+        return {_hashable(decode(k)): decode(v) for k, v in value[PAIRS]}
+    if TUPLE in value:
+        return tuple(decode(v) for v in value[TUPLE])
+    if DTYPE in value:
+        return np.dtype(value[DTYPE])
     return {k: decode(v) for k, v in value.items()}
 
 
