@@ -44,8 +44,13 @@ def platform(state_dir: Path) -> Iterator[rayline.Platform]:
     from rayline.cluster.processes import session_members, wait_until
 
     ray.shutdown()
-    ray_session = read_state(state_dir).ray_group
+    stopped = read_state(state_dir)
+    ray_session = stopped.ray_group
     assert rayline.down(state_dir)
+    # Ray's pointer to "the latest cluster" no longer names the stopped one: a plain ray.init() starts afresh.
+    from rayline.cluster.embedded import RAY_POINTER
+
+    assert not (RAY_POINTER.is_file() and RAY_POINTER.read_text().strip().endswith(f":{stopped.ray_port}"))
     assert not rayline.status(state_dir)["running"]
     # Everything `ray start` spawned is gone, the HAProxy that Serve started in a process group of its own included
     # (a process that `down` has killed may still be exiting: it gets a few seconds to go).

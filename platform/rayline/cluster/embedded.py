@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -28,6 +29,7 @@ from rayline.cluster.processes import (
 )
 from rayline.errors import RaylineError
 
+RAY_POINTER = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"  # what `ray start` writes
 HOST = "127.0.0.1"
 STATE_FILE = "platform.json"
 MLFLOW_START_DEADLINE_S = 180.0
@@ -216,5 +218,17 @@ def down(state_dir: str | Path = ".rayline") -> bool:
             return False
         stop_process_group(state.mlflow_pid, must_contain="mlflow")
         stop_process_group(state.ray_group, must_contain="ray")
+        _forget_ray_pointer(state.ray_port)
         (directory / STATE_FILE).unlink()
         return True
+
+
+def _forget_ray_pointer(ray_port: int) -> None:
+    """Remove Ray's pointer to the latest cluster on this machine when it names the one just stopped, as
+    ``ray stop`` does: otherwise a plain ``ray.init()`` (a notebook's) tries to join the dead GCS and times out."""
+    pointer = RAY_POINTER
+    try:
+        if pointer.read_text().strip().endswith(f":{ray_port}"):
+            pointer.unlink()
+    except OSError:  # no pointer, or another user's: nothing of ours to forget
+        pass
