@@ -852,3 +852,15 @@ def test_serve_ingress_choice_reaches_ray_through_the_environment(monkeypatch: p
     monkeypatch.setenv("RAYLINE_SERVE_INGRESS", "nginx")
     with pytest.raises(RaylineError, match="RAYLINE_SERVE_INGRESS='nginx'"):
         _chosen_ingress()
+
+
+@pytest.mark.parametrize("query", ["rows=0", "rows=-5", "features=0", "classes=1", "seed=-1", "features=100000"])
+def test_synthetic_options_out_of_range_are_refused_naming_the_source(query: str, tmp_path: Path) -> None:
+    from rayline.data.sources import read_source
+    from rayline.spec import DataSpec
+
+    data = DataSpec(source=f"synthetic://classification?{query}", label="label", task="classification")
+    with pytest.raises(SpecError) as refused:
+        read_source(data, str(tmp_path))
+    assert refused.value.field == "data.source" and query.split("=")[0] in str(refused.value)
+    assert not any(tmp_path.iterdir())  # refused before anything was generated

@@ -26,6 +26,7 @@ BUNDLED = {
     "palmerpenguins:penguins": "palmerpenguins.load_penguins",
 }
 SYNTHETIC_DEFAULTS = {"rows": 100_000, "features": 32, "classes": 4, "seed": 0}
+SYNTHETIC_RANGES = {"rows": (1, 10**10), "features": (1, 10_000), "classes": (2, 10_000), "seed": (0, 2**32 - 1)}
 
 
 @dataclass(frozen=True)
@@ -105,6 +106,9 @@ def _read_synthetic(source: str, storage_uri: str) -> tuple[ray.data.Dataset, So
     unknown = set(options) - set(SYNTHETIC_DEFAULTS)
     if unknown:
         raise SpecError(f"unknown synthetic options {sorted(unknown)}", field="data.source")
+    for name, (low, high) in SYNTHETIC_RANGES.items():
+        if not low <= options[name] <= high:
+            raise SpecError(f"synthetic option {name}={options[name]} is outside [{low}, {high}]", field="data.source")
     digest = hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()[:16]
     target = f"{storage_uri.rstrip('/')}/datasets/synthetic-{digest}"
     filesystem, path = pafs.FileSystem.from_uri(target)
