@@ -864,3 +864,16 @@ def test_synthetic_options_out_of_range_are_refused_naming_the_source(query: str
         read_source(data, str(tmp_path))
     assert refused.value.field == "data.source" and query.split("=")[0] in str(refused.value)
     assert not any(tmp_path.iterdir())  # refused before anything was generated
+
+
+def test_yaml_with_a_duplicate_key_is_refused_naming_the_key_and_both_lines(tmp_path: Path) -> None:
+    from rayline.spec.loading import read_yaml
+
+    spec = tmp_path / "twice.yaml"
+    spec.write_text("name: a\ntrain:\n  epochs: 3\n  lr: 0.1\n  epochs: 30\n")
+    with pytest.raises(SpecError) as refused:
+        read_yaml(spec)
+    assert "'epochs'" in str(refused.value) and "lines 3 and 5" in str(refused.value)
+    assert refused.value.file == str(spec)
+    spec.write_text("name: a\ntrain:\n  epochs: 3\nmodel:\n  epochs: 3\n")  # the same key in two mappings is fine
+    assert read_yaml(spec)["model"] == {"epochs": 3}

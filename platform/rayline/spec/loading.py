@@ -61,13 +61,33 @@ def apply_overrides(document: dict[str, Any], overrides: Mapping[str, Any]) -> d
     return result
 
 
+class _DuplicateKey(Exception):
+    """A mapping names one key twice (plain YAML would keep the last value silently)."""
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key given twice in one mapping."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise _DuplicateKey(f"duplicate key {key!r} on lines {seen[key]} and {line}")
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML mapping, with errors that name the file."""
     file = Path(path)
     if not file.is_file():
         raise SpecError("spec file not found", file=str(path))
     try:
-        document = yaml.safe_load(file.read_text())
+        document = yaml.load(file.read_text(), Loader=_UniqueKeyLoader)  # a SafeLoader: no objects built
+    except _DuplicateKey as err:
+        raise SpecError(str(err), file=str(path)) from None
     except yaml.YAMLError as err:
         raise SpecError(f"not valid YAML: {err}", file=str(path)) from None
     if not isinstance(document, dict):
