@@ -877,3 +877,10 @@ def test_yaml_with_a_duplicate_key_is_refused_naming_the_key_and_both_lines(tmp_
     assert refused.value.file == str(spec)
     spec.write_text("name: a\ntrain:\n  epochs: 3\nmodel:\n  epochs: 3\n")  # the same key in two mappings is fine
     assert read_yaml(spec)["model"] == {"epochs": 3}
+
+
+@pytest.mark.parametrize("override", ["a=[", "train.epochs={", "model.params.hidden=[1, 2"])
+def test_an_override_whose_value_is_not_yaml_is_refused_naming_it(override: str) -> None:
+    with pytest.raises(SpecError) as refused:
+        parse_overrides([override])
+    assert refused.value.field == "--set" and override in str(refused.value)

@@ -33,7 +33,11 @@ def parse_overrides(overrides: Overrides) -> dict[str, Any]:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
             raise SpecError(f"override {item!r} is not of the form a.b=value", field="--set")
-        parsed[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
+        try:
+            parsed[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as err:
+            problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+            raise SpecError(f"override {item!r}: the value is not valid YAML ({problem})", field="--set") from None
     return parsed
 
 
