@@ -884,3 +884,38 @@ def test_an_override_whose_value_is_not_yaml_is_refused_naming_it(override: str)
     with pytest.raises(SpecError) as refused:
         parse_overrides([override])
     assert refused.value.field == "--set" and override in str(refused.value)
+
+
+def test_a_registry_error_stops_promotion_instead_of_promoting(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only "alias not found" means there is no champion yet; a registry answering 500 moves nothing."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from rayline.errors import RaylineError
+    from rayline.tracking import promote_if_better
+
+    calls: list[str] = []
+
+    class Failing(BaseHTTPRequestHandler):
+        def _fail(self) -> None:
+            calls.append(f"{self.command} {self.path}")
+            self.send_response(500)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(b'{"error_code": "INTERNAL_ERROR", "message": "database is locked"}')
+
+        do_GET = do_POST = do_PATCH = do_DELETE = _fail
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Failing)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    try:
+        with pytest.raises(RaylineError, match="promotion stopped"):
+            promote_if_better(f"http://127.0.0.1:{server.server_port}", "m", "3", "champion", "test_accuracy",
+                              "max", 0.9)
+    finally:
+        server.shutdown()
+    assert calls and not any("alias" in call and call.startswith(("POST", "PATCH")) for call in calls), calls

@@ -7,7 +7,10 @@ from dataclasses import dataclass
 
 import mlflow
 from mlflow import MlflowClient
+from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
+
+from rayline.errors import RaylineError
 
 PROMOTION_TAG = "rayline.promotion"
 
@@ -73,6 +76,18 @@ def _beats(new: float, old: float, mode: str) -> bool:
     return new > old if mode == "max" else new < old
 
 
+def _holder(client: MlflowClient, name: str, alias: str) -> ModelVersion | None:
+    """The version holding ``name@alias``, or None when the registry says the alias does not exist. Any other
+    failure (the registry unreachable, refusing, erring) stops promotion: it never means "no champion yet"."""
+    try:
+        return client.get_model_version_by_alias(name, alias)
+    except MlflowException as err:
+        if err.error_code == "INVALID_PARAMETER_VALUE" and f"alias {alias} not found" in err.message:
+            return None
+        raise RaylineError(f"promotion stopped: could not read which version holds {name}@{alias} "
+                           f"({err.error_code}: {err.message[:200]}); the alias was not moved") from err
+
+
 def promote_if_better(tracking_uri: str, name: str, version: str, alias: str, metric: str, mode: str,
                       value: float) -> PromotionDecision:
     """Move ``alias`` to ``version`` only if ``value`` beats the current holder's ``metric`` (ties keep it).
@@ -80,10 +95,7 @@ def promote_if_better(tracking_uri: str, name: str, version: str, alias: str, me
     The decision is written as the ``rayline.promotion`` tag on the version and on its run.
     """
     client = MlflowClient(tracking_uri)
-    try:
-        current = client.get_model_version_by_alias(name, alias)
-    except MlflowException:
-        current = None
+    current = _holder(client, name, alias)
     if current is None:
         decision = PromotionDecision(True, version, None, f"no {alias} yet: version {version} takes it "
                                      f"({metric}={value:.4f})")
