@@ -13,7 +13,7 @@ from rayline.cluster import status as _status
 from rayline.cluster import up as _up
 from rayline.errors import RaylineError as RaylineError
 from rayline.errors import SpecError as SpecError
-from rayline.inference import BatchPrediction, predict_batch
+from rayline.inference.batch import BatchPrediction, predict_batch
 from rayline.pipeline import PipelineResult, Progress
 from rayline.pipeline import run as _run_pipeline
 from rayline.serving import Endpoint, write_serve_config

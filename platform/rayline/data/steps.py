@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any
 
 import numpy as np
@@ -12,6 +11,7 @@ from ray.data.preprocessors import MinMaxScaler, OneHotEncoder, SimpleImputer, S
 from ray.data.preprocessors.utils import StatComputationPlan
 from ray.data.preprocessors.version_support import SerializablePreprocessor
 
+from rayline.packaged.preprocessing import hash_bucket
 from rayline.spec import PreprocessStep
 
 
@@ -47,13 +47,9 @@ class HashBuckets(SerializablePreprocessorBase):
         self._columns = list(columns)
         self._num_buckets = num_buckets
 
-    def _bucket(self, value: Any) -> int:
-        digest = hashlib.blake2b(str(value).encode(), digest_size=8).digest()
-        return int.from_bytes(digest, "little") % self._num_buckets
-
     def _transform_pandas(self, df: pd.DataFrame) -> pd.DataFrame:
         for column in self._columns:
-            codes = np.fromiter((self._bucket(v) for v in df[column]), dtype=np.int64, count=len(df))
+            codes = np.fromiter((hash_bucket(v, self._num_buckets) for v in df[column]), dtype=np.int64, count=len(df))
             one_hot = np.zeros((len(df), self._num_buckets), dtype=np.uint8)
             one_hot[np.arange(len(df)), codes] = 1
             df[column] = list(one_hot)

@@ -157,12 +157,16 @@ class _Hash:
     def frame(self, columns: Columns) -> None:
         for column in self.columns:
             values = columns[column].tolist()  # Python scalars, as iterating the pandas column gives them
-            codes = np.fromiter((self._bucket(v) for v in values), dtype=np.int64, count=len(values))
+            codes = np.fromiter((hash_bucket(v, self.buckets) for v in values), dtype=np.int64, count=len(values))
             columns[column] = _one_hot(codes, self.buckets)
 
-    def _bucket(self, value: Any) -> int:
-        digest = hashlib.blake2b(str(value).encode(), digest_size=8).digest()
-        return int.from_bytes(digest, "little") % self.buckets
+
+
+def hash_bucket(value: Any, buckets: int) -> int:
+    """The bucket of ``str(value)``'s BLAKE2 hash: stable across processes; training (``data/steps.py``) and
+    serving both call this one function."""
+    digest = hashlib.blake2b(str(value).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") % buckets
 
 
 Step = _Scale | _Impute | _OneHot | _Hash
