@@ -68,7 +68,10 @@ def up(
     num_cpus: Annotated[int | None, typer.Option(help="logical CPUs Ray offers (default: max(4, cores))")] = None,
 ) -> None:
     """Start (or reuse) the embedded local platform: Ray + MLflow on 127.0.0.1."""
-    platform = rayline.up(state_dir, num_cpus)
+    try:
+        platform = rayline.up(state_dir, num_cpus)
+    except RaylineError as err:
+        raise _fail(err, 2) from None
     typer.echo(f"ray        {platform.ray_address}  (dashboard {platform.dashboard_url})")
     typer.echo(f"mlflow     {platform.tracking_uri}")
     typer.echo(f"storage    {platform.storage_uri}")
@@ -77,7 +80,10 @@ def up(
 @app.command()
 def status(state_dir: StateDir = Path(DEFAULT_STATE_DIR)) -> None:
     """Show the embedded platform's addresses and health (exit 1 if it is not running)."""
-    info = rayline.status(state_dir)
+    try:
+        info = rayline.status(state_dir)
+    except RaylineError as err:
+        raise _fail(err, 2) from None
     typer.echo(json.dumps(info, indent=2))
     if not info["running"]:
         raise typer.Exit(1)
@@ -86,7 +92,10 @@ def status(state_dir: StateDir = Path(DEFAULT_STATE_DIR)) -> None:
 @app.command()
 def down(state_dir: StateDir = Path(DEFAULT_STATE_DIR)) -> None:
     """Stop the embedded platform started from the state directory."""
-    stopped = rayline.down(state_dir)
+    try:
+        stopped = rayline.down(state_dir)
+    except RaylineError as err:
+        raise _fail(err, 2) from None
     typer.echo("stopped" if stopped else "nothing was running")
 
 

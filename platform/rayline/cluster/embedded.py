@@ -125,7 +125,11 @@ def read_state(state_dir: str | Path) -> EmbeddedState | None:
     file = Path(state_dir) / STATE_FILE
     if not file.is_file():
         return None
-    return EmbeddedState(**json.loads(file.read_text()))
+    try:
+        return EmbeddedState(**json.loads(file.read_text()))
+    except (ValueError, TypeError) as err:  # not JSON, or not the fields `up` writes
+        raise RaylineError(f"{file} is corrupt ({type(err).__name__}: {err}); stop what it started with "
+                           f"`ray stop` and kill its mlflow server, then delete the file") from None
 
 
 def _start_ray(state_dir: Path, num_cpus: int, tracking_uri: str, ingress: str) -> tuple[int, int, int]:

@@ -32,6 +32,8 @@ class Platform:
         if not ray.is_initialized():
             ray.init(address=self.ray_address, logging_level="WARNING", log_to_driver=verbose)
         logging.getLogger("ray.data").setLevel(logging.INFO if verbose else logging.WARNING)
+        # Its only warning says the progress bars are off, which is this method's choice: not news for the user.
+        logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = False
         context.print_on_execution_start = False

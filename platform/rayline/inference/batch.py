@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import mlflow
 import pandas as pd
 import ray.data
 from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
 
 from rayline.cluster import Platform
 from rayline.data.sources import read_files
+from rayline.errors import SpecError
 from rayline.inference.loading import load_version, resolve_version
 from rayline.spec import ModelUri
 
@@ -26,6 +29,17 @@ class _Predictor:
         return pd.concat([frame, predictions], axis=1)
 
 
+def _registered(tracking_uri: str, model: ModelUri) -> tuple[ModelUri, list[str]]:
+    """The fixed version ``model`` names and its input columns, checked on the driver before any actor starts."""
+    mlflow.set_tracking_uri(tracking_uri)
+    try:
+        version = resolve_version(MlflowClient(tracking_uri), model)
+        signature = mlflow.models.get_model_info(str(version)).signature
+    except MlflowException as err:
+        raise SpecError(f"{model}: {err.message}", field="--model") from None
+    return version, list(signature.inputs.input_names())
+
+
 @dataclass(frozen=True)
 class BatchPrediction:
     """Where the predictions went and which model version made them."""
@@ -40,8 +54,11 @@ def predict_batch(platform: Platform, model: ModelUri, input_uri: str, output_ur
                   batch_size: int = 4096, num_cpus: float = 1.0) -> BatchPrediction:
     """Predict every row of ``input_uri`` (CSV/Parquet) with ``model``; write Parquet to ``output_uri``."""
     platform.init_ray()
-    version = resolve_version(MlflowClient(platform.tracking_uri), model)
+    version, columns = _registered(platform.tracking_uri, model)
     dataset, _ = read_files(input_uri, field="--input")
+    missing = [column for column in columns if column not in dataset.columns()]
+    if missing:
+        raise SpecError(f"{input_uri} lacks the model's input column(s) {missing}", field="--input")
     predicted = dataset.map_batches(
         _Predictor, fn_constructor_args=(platform.tracking_uri, version), batch_format="pandas",
         batch_size=batch_size, concurrency=actors, num_cpus=num_cpus,
