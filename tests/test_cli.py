@@ -70,7 +70,8 @@ def test_cli_refuses_a_bad_spec_with_one_line_and_exit_2(state_dir: Path) -> Non
     done = run_cli("run", "pipelines/digits.yaml", "--set", "train.epochz=1", state_dir=state_dir)
     assert done.returncode == 2
     assert "Traceback" not in done.stderr
-    assert done.stderr.strip().splitlines()[-1] == "error: pipelines/digits.yaml: train.epochz: unknown key"
+    assert done.stderr.strip().splitlines()[-1] == ("error: pipelines/digits.yaml: train.epochz: unknown key "
+                                                    "(did you mean 'epochs'?)")
 
 
 def test_cli_status_reports_the_running_platform(platform: rayline.Platform, state_dir: Path) -> None:

@@ -158,10 +158,59 @@ def test_missing_required_field_named(tmp_path: Path) -> None:
     assert info.value.field == "data.label"
 
 
-def test_several_problems_counted(tmp_path: Path) -> None:
-    path = write_spec(tmp_path, TABULAR_YAML + "bogus: 1\nother: 2\n")
-    with pytest.raises(SpecError, match=r"and 1 more problem\)"):
+def test_every_problem_is_listed_one_per_line_with_its_path(tmp_path: Path) -> None:
+    text = TABULAR_YAML.removeprefix("name: tabular\n").replace("epochs: 2", 'epochs: "ten"') + "bogus: 1\n"
+    path = write_spec(tmp_path, text)
+    with pytest.raises(SpecError) as info:
         load_spec(path)
+    assert (info.value.field, info.value.message) == ("name", "Field required")  # the first problem
+    assert [problem.field for problem in info.value.problems] == ["name", "train.epochs", "bogus"]
+    assert str(info.value).splitlines() == [
+        f"{path}: name: Field required",
+        f"{path}: train.epochs: Input should be a valid integer, unable to parse string as an integer (got 'ten')",
+        f"{path}: bogus: unknown key",  # nothing close to suggest
+    ]
+
+
+def test_unknown_key_suggests_the_nearest_known_one(tmp_path: Path) -> None:
+    path = write_spec(tmp_path, TABULAR_YAML.replace("  epochs: 2\n", "  epochs: 2\n  epocs: 3\n"))
+    with pytest.raises(SpecError) as info:
+        load_spec(path)
+    assert info.value.field == "train.epocs"
+    assert str(info.value) == f"{path}: train.epocs: unknown key (did you mean 'epochs'?)"
+
+
+def test_unknown_key_in_a_preprocess_step_suggests_a_key_of_that_step() -> None:
+    step = {"type": "impute", "columns": ["pixel_*"], "strateg": "mean", "fill_value": [0]}
+    with pytest.raises(SpecError) as info:
+        load_spec(DIGITS, {"preprocess": [{"type": "hash", "columns": ["pixel_*"], "num_bucket": 8}, step],
+                           "train.scaling.num_worker": 1})
+    assert info.value.problems == (
+        ("preprocess.0.num_bucket", "unknown key (did you mean 'num_buckets'?)"),
+        ("preprocess.1.fill_value", "Input should be a valid number"),  # the union's member names are left out
+        ("preprocess.1.fill_value", "Input should be a valid string"),
+        ("preprocess.1.strateg", "unknown key (did you mean 'strategy'?)"),
+        ("train.scaling.num_worker", "unknown key (did you mean 'num_workers'?)"),
+    )
+
+
+def test_a_single_problem_prints_as_one_line(tmp_path: Path) -> None:
+    path = write_spec(tmp_path, TABULAR_YAML.replace("  label: y\n", ""))
+    with pytest.raises(SpecError) as info:
+        load_spec(path)
+    assert str(info.value) == f"{path}: data.label: Field required"
+    assert info.value.problems == (("data.label", "Field required"),)
+    assert str(SpecError("bad", field="x")) == "x: bad" and SpecError("bad").problems == ((None, "bad"),)
+
+
+def test_unknown_key_of_a_service_spec_suggests_too() -> None:
+    from rayline.spec import load_service_spec
+
+    with pytest.raises(SpecError) as info:
+        load_service_spec(ROOT / "serving" / "digits.yaml",
+                          {"canary": {"model": "models:/digits/2", "trafic_percent": 5}})
+    assert info.value.field == "canary.trafic_percent"
+    assert "did you mean 'traffic_percent'?" in str(info.value)
 
 
 # --------------------------------------------------------------------------- overrides

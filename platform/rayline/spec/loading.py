@@ -1,16 +1,19 @@
-"""Load a spec from YAML, apply ``--set a.b=c`` overrides, and name the file and field on errors."""
+"""Load a spec from YAML, apply ``--set a.b=c`` overrides, and name the file and field of every error."""
 
 from __future__ import annotations
 
 import copy
+import difflib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from types import UnionType
+from typing import Annotated, Any, Literal, TypeGuard, TypeVar, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ValidationError
+from pydantic_core import ErrorDetails
 
-from rayline.errors import SpecError
+from rayline.errors import SpecError, SpecProblem
 
 SpecT = TypeVar("SpecT", bound=BaseModel)
 
@@ -100,34 +103,95 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 
 
 def validate(model: type[SpecT], document: Mapping[str, Any], file: str | None = None) -> SpecT:
-    """Validate ``document`` against ``model``; the first error names its field path."""
+    """Validate ``document`` against ``model``; the error lists every problem, each naming its field path.
+
+    An unknown key is reported with the nearest known key of its section, when one is close.
+    """
     try:
         return model.model_validate(document)
     except SpecError as err:  # raised by a validator that names its own field
         err.file = err.file or file
         raise
     except ValidationError as err:
-        first = err.errors()[0]
-        field = ".".join(str(part) for part in _document_path(document, first["loc"])) or None
-        message = first["msg"].removeprefix("Value error, ")
-        if first["type"] == "extra_forbidden":
-            message = "unknown key"
-        elif first["type"] != "missing" and not isinstance(first.get("input"), dict | list):
-            message = f"{message} (got {first['input']!r})"
-        extra = len(err.errors()) - 1
-        if extra:
-            message += f" (and {extra} more problem{'s' if extra > 1 else ''})"
-        raise SpecError(message, field=field, file=file) from None
+        first, *more = dict.fromkeys(_problem(model, document, error) for error in err.errors())
+        raise SpecError(first.message, field=first.field, file=file, more=more) from None
+
+
+def _problem(model: type[BaseModel], document: Mapping[str, Any], error: ErrorDetails) -> SpecProblem:
+    """One pydantic error as a problem naming its path in the document."""
+    location = tuple(error["loc"])
+    field = ".".join(str(part) for part in _document_path(document, location)) or None
+    message = error["msg"].removeprefix("Value error, ")
+    if error["type"] == "extra_forbidden":
+        close = difflib.get_close_matches(str(location[-1]), _known_keys(model, location[:-1]), n=1)
+        message = f"unknown key (did you mean {close[0]!r}?)" if close else "unknown key"
+    elif error["type"] != "missing" and not isinstance(error.get("input"), dict | list):
+        message = f"{message} (got {error['input']!r})"
+    return SpecProblem(field, message)
+
+
+def _known_keys(model: type[BaseModel], location: tuple[Any, ...]) -> list[str]:
+    """The field names of the section at pydantic's error ``location``, found by walking the model classes."""
+    types: list[Any] = [model]
+    for part in location:
+        types = [child for parent in types for child in _children(parent, part)]
+    return [name for tp in types if _is_model(tp) for name in tp.model_fields]
+
+
+def _children(parent: Any, part: Any) -> list[Any]:
+    """The types that ``part`` of pydantic's error location leads to from ``parent``."""
+    if _is_model(parent):
+        if part in parent.model_fields:
+            return _members(parent.model_fields[part].annotation)
+        tags = [tag for info in parent.model_fields.values() if get_origin(info.annotation) is Literal
+                for tag in get_args(info.annotation)]
+        return [parent] if part in tags or part == parent.__name__ else []  # the union member pydantic tried
+    origin, args = get_origin(parent), get_args(parent)
+    if origin in (list, tuple, set, frozenset) and isinstance(part, int) and args:
+        return _members(args[0])
+    return _members(args[-1]) if origin is dict and args else []
+
+
+def _members(annotation: Any) -> list[Any]:
+    """The alternatives of a type: ``Annotated`` unwrapped, unions flattened."""
+    origin = get_origin(annotation)
+    if origin is Annotated:
+        return _members(get_args(annotation)[0])
+    if origin in (Union, UnionType):
+        return [member for arg in get_args(annotation) for member in _members(arg)]
+    return [annotation]
+
+
+def _is_model(tp: Any) -> TypeGuard[type[BaseModel]]:
+    return isinstance(tp, type) and issubclass(tp, BaseModel)
+
+
+_ABSENT = object()
 
 
 def _document_path(document: Any, location: tuple[Any, ...]) -> list[Any]:
-    """Pydantic's error location without the tags it adds for tagged unions (``preprocess.0.impute``)."""
+    """Pydantic's error location as a path in the document.
+
+    Leaves out the tags pydantic adds for unions: ``preprocess.0.impute`` (a step's type), ``fill_value.float``.
+    """
     path: list[Any] = []
     node = document
     for part in location:
-        if isinstance(node, dict) and part not in node and node.get("type") == part:
-            continue  # the discriminator tag: not a key of the document
+        if _is_union_tag(node, part):
+            continue
         path.append(part)
-        node = node[part] if isinstance(node, dict) and part in node else (
-            node[part] if isinstance(node, list) and isinstance(part, int) and part < len(node) else None)
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        else:
+            in_list = isinstance(node, list) and isinstance(part, int) and -len(node) <= part < len(node)
+            node = node[part] if in_list else _ABSENT
     return path
+
+
+def _is_union_tag(node: Any, part: Any) -> bool:
+    """Whether ``part`` names a union member rather than a key or index of ``node``."""
+    if isinstance(node, dict):
+        return part not in node and node.get("type") == part  # the discriminator of a tagged union
+    if isinstance(node, list):
+        return not isinstance(part, int)
+    return node is not _ABSENT  # nothing lies below a plain value
