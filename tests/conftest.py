@@ -16,8 +16,10 @@ ROOT = TESTS.parent
 PIPELINES = ROOT / "pipelines"
 SERVE_MODEL = "serve-test"
 
-# Train workers import user models from tests/ (e.g. fault_models:CrashOnceMLP): Ray's processes inherit this.
+# Train workers import user models from tests/ (e.g. fault_models:FaultOnceMLP): Ray's processes inherit this.
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")]))
+# ... and the registry may make replicas load those test models: the operator's allowlist names their module.
+os.environ["RAYLINE_MODEL_MODULES"] = "fault_models"
 for variable in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI", "RAYLINE_STORAGE"):
     os.environ.pop(variable, None)
 

@@ -1,8 +1,13 @@
-"""Building nn.Modules from a model spec: the zoo (``mlp``, ``cnn``) or a user factory ``module:function``."""
+"""Building nn.Modules from a model spec: the zoo (``mlp``, ``cnn``) or a user factory ``module:function``.
+
+Training from a user's own spec may import that user's code; a model loaded from the registry may not:
+:func:`check_allowed` admits only the zoo and the modules the operator lists in ``RAYLINE_MODEL_MODULES``.
+"""
 
 from __future__ import annotations
 
 import importlib
+import os
 from collections.abc import Callable
 
 from torch import nn
@@ -14,6 +19,23 @@ from rayline.spec import ModelSpec
 ModelFactory = Callable[..., nn.Module]
 
 ZOO: dict[str, ModelFactory] = {"mlp": MLP, "cnn": CNN}
+ALLOWED_MODULES_ENV = "RAYLINE_MODEL_MODULES"
+"""Comma-separated modules (or parent packages) whose factories a loaded model may name."""
+
+
+def _allowed_modules() -> list[str]:
+    """The module prefixes the operator allows, from ``RAYLINE_MODEL_MODULES``."""
+    return [part.strip() for part in os.environ.get(ALLOWED_MODULES_ENV, "").split(",") if part.strip()]
+
+
+def check_allowed(name: str) -> None:
+    """Refuse, without importing anything, a factory that is neither a zoo model nor in an allowed module."""
+    if name in ZOO:
+        return
+    module = name.partition(":")[0]
+    if not any(module == prefix or module.startswith(f"{prefix}.") for prefix in _allowed_modules()):
+        raise SpecError(f"model factory {name!r} is not allowed: only the zoo {sorted(ZOO)} and modules listed in "
+                        f"{ALLOWED_MODULES_ENV} (comma-separated) may be loaded", field="model.name")
 
 
 def resolve_factory(name: str) -> ModelFactory:
@@ -46,4 +68,4 @@ def build_model(spec: ModelSpec, num_features: int, num_outputs: int) -> nn.Modu
     return model
 
 
-__all__ = ["CNN", "MLP", "ZOO", "build_model", "resolve_factory"]
+__all__ = ["ALLOWED_MODULES_ENV", "CNN", "MLP", "ZOO", "build_model", "check_allowed", "resolve_factory"]

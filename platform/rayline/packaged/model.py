@@ -13,12 +13,40 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from rayline.models import build_model
+from rayline.errors import RaylineError, SpecError
+from rayline.models import build_model, check_allowed
 from rayline.packaged.layout import MODEL_SPEC, PREPROCESSOR, WEIGHTS
 from rayline.packaged.preprocessing import CompiledPreprocessor
 from rayline.spec import ModelSpec
+
+
+class LoadError(RaylineError):
+    """A model or checkpoint file that cannot be loaded safely: it is refused, never loaded some other way."""
+
+
+def load_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file on CPU; anything else (a pickle, a truncated file) raises LoadError."""
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError) as err:
+        raise LoadError(f"{path} is not a readable safetensors file: {err}") from None
+
+
+def _read_spec(path: Path, own_code: bool) -> ModelSpec:
+    """The model spec in ``path``, refused (before anything is imported) if it names a factory not allowed."""
+    try:
+        spec = ModelSpec.model_validate_json(path.read_text())
+        if not own_code:
+            check_allowed(spec.name)
+    except SpecError as err:
+        err.file = str(path)
+        raise
+    except (OSError, ValueError) as err:  # pydantic's ValidationError is a ValueError
+        raise LoadError(f"{path} is not a model spec: {' '.join(str(err).split())}") from None
+    return spec
 
 
 @dataclass(frozen=True)
@@ -73,13 +101,23 @@ class PackagedModel:
         return directory
 
     @classmethod
-    def load(cls, directory: str | Path) -> PackagedModel:
-        """Load a directory written by :meth:`write`."""
+    def load(cls, directory: str | Path, *, own_code: bool = False) -> PackagedModel:
+        """Load a directory written by :meth:`write`; unsafe or damaged files raise :class:`LoadError`.
+
+        Its model must be a zoo model or come from a module allowed by ``RAYLINE_MODEL_MODULES``
+        (:func:`rayline.models.check_allowed`), unless ``own_code``: for the caller that has just trained it
+        from its own spec, whose factory it has imported already.
+        """
         root = Path(directory)
+        spec = _read_spec(root / MODEL_SPEC, own_code)
+        weights = load_safetensors(root / WEIGHTS)
         preprocessor = CompiledPreprocessor.from_json((root / PREPROCESSOR).read_text())
-        spec = ModelSpec.model_validate_json((root / MODEL_SPEC).read_text())
         module = build_model(spec, preprocessor.num_features, preprocessor.num_outputs)
-        module.load_state_dict(load_file(str(root / WEIGHTS)))
+        try:
+            module.load_state_dict(weights)
+        except RuntimeError as err:
+            raise LoadError(f"{root / WEIGHTS} does not fit model {spec.name!r}: {' '.join(str(err).split())}") \
+                from None
         return cls(module, preprocessor)
 
     @property
