@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
+import signal
+import threading
+import time
 from pathlib import Path
 
 import ray.train
@@ -11,29 +15,59 @@ import torch
 from rayline.models import MLP
 
 
-class CrashOnceMLP(MLP):
-    """An MLP whose rank-1 worker process dies once, at its ``crash_at_step``-th training step.
-
-    ``marker`` (a file path) records that the crash happened, so the restarted worker group runs through.
-    """
-
-    def __init__(self, num_features: int, num_outputs: int, marker: str, crash_at_step: int, **params) -> None:
-        super().__init__(num_features, num_outputs, **params)
-        self.marker = Path(marker)
-        self.crash_at_step = crash_at_step
-        self.steps = 0
-
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        if self.training:
-            self.steps += 1
-            if self.steps == self.crash_at_step and not self.marker.exists() and _rank() == 1:
-                self.marker.write_text("crashed")
-                os._exit(1)
-        return super().forward(features)
-
-
 def _rank() -> int:
     try:
         return ray.train.get_context().get_world_rank()
     except Exception:  # outside a Train worker (e.g. loading the packaged model)
         return -1
+
+
+class FaultOnceMLP(MLP):
+    """An MLP whose rank-1 worker meets ``fault`` once, at its first training step of epoch ``at_epoch``, as soon
+    as Ray Train has registered the checkpoint of epoch ``at_epoch - 1`` (so the epoch to restore is known).
+
+    ``kill``: the process SIGKILLs itself. ``hang``: it blocks forever, so rank 0 waits in the gradient
+    all-reduce. ``corrupt``: it truncates that checkpoint's weights, then SIGKILLs itself. Checkpoints are found
+    under ``storage`` (the platform's storage URI, a local path). ``marker`` records that the fault happened, so it
+    happens once.
+    """
+
+    def __init__(self, num_features: int, num_outputs: int, marker: str, at_epoch: int, fault: str, storage: str,
+                 **params) -> None:
+        super().__init__(num_features, num_outputs, **params)
+        self.marker, self.at_epoch, self.fault, self.storage = Path(marker), at_epoch, fault, Path(storage)
+        self.epoch = -1  # the train loop calls .train() once at the start of every epoch
+
+    def train(self, mode: bool = True) -> FaultOnceMLP:
+        if mode:
+            self.epoch += 1
+        return super().train(mode)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        if self.training and self.epoch == self.at_epoch and _rank() == 1 and not self.marker.exists():
+            checkpoint = self._registered_checkpoint(self.at_epoch - 1)
+            self.marker.write_text(f"{self.fault} {checkpoint}")
+            if self.fault == "hang":
+                threading.Event().wait()
+            if self.fault == "corrupt":
+                weights = checkpoint / "model.safetensors"
+                weights.write_bytes(weights.read_bytes()[:100])
+            os.kill(os.getpid(), signal.SIGKILL)
+        return super().forward(features)
+
+    def _registered_checkpoint(self, epoch: int, deadline_s: float = 60) -> Path:
+        """The directory of epoch ``epoch``'s checkpoint, once Ray Train's checkpoint manager lists it."""
+        until = time.monotonic() + deadline_s
+        while time.monotonic() < until:
+            snapshots = sorted(self.storage.glob("train/*/checkpoint_manager_snapshot.json"),
+                               key=lambda path: path.stat().st_mtime)
+            for snapshot in snapshots[-1:]:  # this run's: tests train one run at a time
+                try:
+                    registered = json.loads(snapshot.read_text())["checkpoint_results"]
+                except (OSError, ValueError, KeyError):
+                    continue  # being written
+                for result in registered:
+                    if result["metrics"].get("epoch") == epoch:
+                        return snapshot.parent / result["checkpoint_dir_name"]
+            time.sleep(0.05)
+        raise TimeoutError(f"no registered checkpoint of epoch {epoch} under {self.storage}")

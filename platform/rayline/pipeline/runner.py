@@ -129,6 +129,9 @@ def _tracked_run(spec: PipelineSpec, platform: Platform, prepared: PreparedData,
         outcome = fit(spec, prepared, platform.storage_uri, run_name=f"{spec.name}-{run_id[:12]}",
                       tracking_uri=uri, run_id=run_id)
     clock.add(outcome.stages)
+    if outcome.resumed_from_epoch is not None:
+        progress("train", f"a worker group failed and was restarted: restored from the checkpoint of epoch "
+                 f"{outcome.resumed_from_epoch}")
     cost = spec.tracking.cost
     metrics = {**outcome.test_metrics, **tracking.cost_metrics(
         outcome.wall_s, scaling.num_workers, scaling.resources_per_worker, scaling.use_gpu,
@@ -143,7 +146,7 @@ def _tracked_run(spec: PipelineSpec, platform: Platform, prepared: PreparedData,
         directory = PackagedModel.write(Path(tmp) / layout.ARTIFACT_KEY, read_weights(outcome.checkpoint),
                                         prepared.preprocessor.to_json(), spec.model)
         example = prepared.input_example
-        output = PackagedModel.load(directory).predict(example)
+        output = PackagedModel.load(directory, own_code=True).predict(example)
         model_uri = tracking.log_pyfunc(run_id, layout.PYFUNC_ENTRY, {layout.ARTIFACT_KEY: str(directory)}, example,
                                         output, code_paths=layout.CODE_PATHS,
                                         pip_requirements=layout.pip_requirements())

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 from rayline.errors import SpecError
+from rayline.spec.model_uri import check_part
 
 
 class Strict(BaseModel):
@@ -137,6 +138,8 @@ class TrainSpec(Strict):
     scaling: ScalingSpec = ScalingSpec()
     checkpoint_every: int = Field(1, ge=1, description="checkpoint every N epochs (and after the last)")
     max_failures: int = Field(2, ge=0, description="worker-group restarts from the latest checkpoint")
+    collective_timeout_s: int = Field(300, ge=1, description="a rank that waits this long in a collective "
+                                                             "(a hung peer) fails the attempt")
     seed: int = 0
 
 
@@ -147,12 +150,19 @@ class CostSpec(Strict):
     gpu_hour: float = Field(2.50, ge=0.0)
 
 
+def _registry_part(kind: str, value: str) -> str:
+    """A registered model name or alias that a model URI can name (so the model can be served)."""
+    check_part(kind, value)
+    return value
+
+
 class TrackingSpec(Strict):
     """MLflow experiment, registered model and the promotion gate."""
 
     experiment: str = Field(min_length=1)
-    model_name: str = Field(min_length=1, description="registered model name")
-    alias: str = Field("champion", min_length=1)
+    model_name: Annotated[str, AfterValidator(lambda v: _registry_part("name", v))] = Field(
+        description="registered model name")
+    alias: Annotated[str, AfterValidator(lambda v: _registry_part("alias", v))] = "champion"
     promotion_metric: str | None = Field(None, description="default: test_accuracy / test_rmse")
     promotion_mode: Literal["max", "min"] | None = None
     cost: CostSpec = CostSpec()

@@ -10,8 +10,9 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from ray.data import Dataset
+from ray.exceptions import RayActorError
 from ray.train import Checkpoint, CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
-from ray.train.torch import TorchTrainer
+from ray.train.torch import TorchConfig, TorchTrainer
 
 from rayline.data import PreparedData
 from rayline.errors import RaylineError
@@ -59,6 +60,7 @@ def fit(spec: PipelineSpec, prepared: PreparedData, storage_uri: str, run_name: 
     trainer = TorchTrainer(
         train_loop,
         train_loop_config=asdict(config),
+        torch_config=TorchConfig(timeout_s=spec.train.collective_timeout_s),
         scaling_config=ScalingConfig(num_workers=scaling.num_workers, use_gpu=scaling.use_gpu,
                                      resources_per_worker=dict(scaling.resources_per_worker)),
         datasets=datasets,
@@ -76,7 +78,8 @@ def fit(spec: PipelineSpec, prepared: PreparedData, storage_uri: str, run_name: 
         with _controller_poll_interval():
             result = trainer.fit()
     except Exception as err:  # Ray raises TrainingFailedError wrapping the worker's exception
-        raise TrainingFailed(f"training failed (up to {spec.train.max_failures} restart(s) allowed): {err}") from err
+        raise TrainingFailed(f"training failed (up to {spec.train.max_failures} restart(s) allowed): "
+                             f"{_explain(err)}") from err
     value: dict[str, Any] = result.return_value or {}
     if result.error is not None or result.checkpoint is None or not value:
         raise TrainingFailed(f"training did not finish: {result.error or 'no checkpoint was reported'}")
@@ -88,6 +91,25 @@ def fit(spec: PipelineSpec, prepared: PreparedData, storage_uri: str, run_name: 
         wall_s=time.perf_counter() - started,
         stages=_stages(value["timings"], started_at, finished_at),
     )
+
+
+def _explain(err: BaseException) -> str:
+    """What failed, one clause per failed rank (Ray's full report, with tracebacks, stays chained to the error)."""
+    failures = getattr(err, "worker_failures", None)
+    if not failures:
+        return _last_line(str(err))
+    return "; ".join(f"rank {rank}: {_rank_failure(failure)}" for rank, failure in sorted(failures.items()))
+
+
+def _rank_failure(failure: BaseException) -> str:
+    if isinstance(getattr(failure, "health_check_failure", failure), RayActorError):
+        return "its worker process died (killed by a signal, out of memory, or crashed)"
+    return _last_line(str(failure))  # a worker's traceback ends with the exception itself
+
+
+def _last_line(text: str) -> str:
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else text
 
 
 def _worker_datasets(prepared: PreparedData, workers: int) -> tuple[dict[str, Dataset], DataConfig]:
