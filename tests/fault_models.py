@@ -71,3 +71,16 @@ class FaultOnceMLP(MLP):
                         return snapshot.parent / result["checkpoint_dir_name"]
             time.sleep(0.05)
         raise TimeoutError(f"no registered checkpoint of epoch {epoch} under {self.storage}")
+
+
+class SlowMLP(MLP):
+    """An MLP whose training steps take at least ``step_s`` seconds: epochs long enough to act between."""
+
+    def __init__(self, num_features: int, num_outputs: int, step_s: float, **params) -> None:
+        super().__init__(num_features, num_outputs, **params)
+        self.step_s = step_s
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            time.sleep(self.step_s)
+        return super().forward(features)

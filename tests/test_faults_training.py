@@ -5,8 +5,10 @@ The injected models live in ``fault_models.py`` (loaded through the public ``mod
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,8 @@ from sklearn.datasets import load_digits
 
 import rayline
 from conftest import PIPELINES, run_cli
+from rayline.cluster.embedded import read_state
+from rayline.cluster.processes import http_ok, stop_process_group, wait_until
 from rayline.data import FittedPreprocessor
 from rayline.data.split import SPLITS, assign_splits, select_split
 from rayline.spec.pipeline import MinMaxScale, SplitSpec
@@ -111,8 +115,6 @@ def test_a_killed_worker_resumes_from_the_exact_checkpoint(platform: rayline.Pla
 
 
 def _yaml(value: Any) -> str:
-    import json
-
     return json.dumps(value) if isinstance(value, dict | list) else str(value)
 
 
@@ -149,3 +151,51 @@ def test_a_rank_hung_in_a_collective_times_out_and_the_run_resumes(platform: ray
     assert result.resumed_from_epoch == 0
     assert result.promotion is not None and result.model_version
     assert time.monotonic() - started < timeout_s + 120  # the timeout fired: nothing waited for ever
+
+
+def test_training_outlives_an_mlflow_outage_and_loses_no_metric(platform: rayline.Platform, state_dir: Path,
+                                                                unique: str, mlflow_client) -> None:
+    """The tracking server dies after epoch 0 is logged and comes back three epochs later: training goes on,
+    the missing epochs are logged from the train loop's history, and the run says so."""
+    epochs = 8
+    outcome: dict[str, Any] = {}
+
+    def pipeline() -> None:
+        try:
+            outcome["result"] = _run(platform, {
+                "model": {"name": "fault_models:SlowMLP", "params": {"step_s": 0.05, "hidden": [32]}},
+                "preprocess": [], "train.epochs": epochs, "train.checkpoint_every": 1,
+                "tracking.experiment": unique, "tracking.model_name": unique})
+        except BaseException as err:  # handed to the test thread
+            outcome["error"] = err
+
+    def logged_epochs() -> int:
+        experiment = mlflow_client.get_experiment_by_name(unique)
+        runs = mlflow_client.search_runs([experiment.experiment_id]) if experiment else []
+        return len(mlflow_client.get_metric_history(runs[0].info.run_id, "train_loss")) if runs else 0
+
+    def registered_epoch(epoch: int) -> bool:
+        snapshots = sorted(Path(platform.storage_uri).glob("train/*/checkpoint_manager_snapshot.json"),
+                           key=lambda path: path.stat().st_mtime)
+        try:
+            results = json.loads(snapshots[-1].read_text())["checkpoint_results"]
+        except (IndexError, OSError, ValueError, KeyError):
+            return False
+        return any(result["metrics"].get("epoch", -1) >= epoch for result in results)
+
+    runner = threading.Thread(target=pipeline, daemon=True)
+    runner.start()
+    wait_until(lambda: logged_epochs() >= 1 or not runner.is_alive(), 180, "epoch 0 in MLflow")
+    assert runner.is_alive(), outcome
+    stop_process_group(read_state(state_dir).mlflow_pid, must_contain="mlflow")
+    wait_until(lambda: registered_epoch(3) or not runner.is_alive(), 180, "epoch 3 checkpoint")
+    assert not http_ok(f"{platform.tracking_uri}/health")  # it really was down for those epochs
+    rayline.up(state_dir)  # MLflow comes back on the same port (Ray kept running)
+    runner.join(timeout=300)
+    assert not runner.is_alive() and "error" not in outcome, outcome.get("error")
+    run = mlflow_client.get_run(outcome["result"].run_id)
+    assert run.info.status == "FINISHED"
+    steps = sorted(m.step for m in mlflow_client.get_metric_history(run.info.run_id, "train_loss"))
+    assert steps == list(range(epochs))  # nothing lost, nothing twice
+    assert "were logged after training" in run.data.tags["rayline.tracking_outage"]
+    assert mlflow_client.get_model_version(unique, outcome["result"].model_version)

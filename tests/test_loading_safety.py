@@ -79,7 +79,7 @@ def checkpoint_dir(tmp_path: Path) -> Path:
     optimizer = torch.optim.Adam(model.parameters())
     model(torch.ones(3, len(COLUMNS))).sum().backward()
     optimizer.step()  # an optimizer state with tensors in it
-    save_checkpoint(directory, model.state_dict(), optimizer, epoch=2)
+    save_checkpoint(directory, model.state_dict(), optimizer, epoch=2, history=[])
     return directory
 
 
@@ -99,7 +99,7 @@ def test_the_payload_would_run_code_if_unpickled(tmp_path: Path) -> None:
 def test_a_real_package_and_checkpoint_load(package: Path, checkpoint_dir: Path) -> None:
     predictions = PackagedModel.load(package).predict(pd.DataFrame({"a": [1.0, 2.0], "b": [3.0, 4.0]}))
     assert predictions["prediction"].shape == (2,)
-    assert _restore(checkpoint_dir) == {"epoch": 2}
+    assert _restore(checkpoint_dir) == {"epoch": 2, "history": []}
 
 
 @pytest.mark.parametrize("with_torch", [False, True])

@@ -38,4 +38,4 @@ def epoch_progress(tracking_uri: str, run_id: str, epochs: int, report: Callable
         yield
     finally:
         stop.set()
-        thread.join()
+        thread.join(timeout=POLL_S)  # a poll stuck on an unreachable server is left to finish on its own

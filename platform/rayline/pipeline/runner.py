@@ -129,6 +129,11 @@ def _tracked_run(spec: PipelineSpec, platform: Platform, prepared: PreparedData,
         outcome = fit(spec, prepared, platform.storage_uri, run_name=f"{spec.name}-{run_id[:12]}",
                       tracking_uri=uri, run_id=run_id)
     clock.add(outcome.stages)
+    with clock.stage("tracking"):
+        late = tracking.backfill_epochs(uri, run_id, outcome.history)
+    if late:
+        progress("train", f"the tracking server was unreachable during training: epochs {', '.join(map(str, late))}"
+                 f" were logged afterwards, from the train loop's history")
     if outcome.resumed_from_epoch is not None:
         progress("train", f"a worker group failed and was restarted: restored from the checkpoint of epoch "
                  f"{outcome.resumed_from_epoch}")

@@ -1,6 +1,6 @@
 """Everything MLflow: runs, params, metrics, inputs, artifacts, the registry and the promotion gate."""
 
-from rayline.tracking.metrics import log_metrics
+from rayline.tracking.metrics import backfill_epochs, log_metrics
 from rayline.tracking.models import log_pyfunc
 from rayline.tracking.registry import (
     PROMOTION_TAG,
@@ -23,6 +23,7 @@ from rayline.tracking.runs import (
 __all__ = [
     "PROMOTION_TAG",
     "PromotionDecision",
+    "backfill_epochs",
     "cost_metrics",
     "end_run",
     "flatten",

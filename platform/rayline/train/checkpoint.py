@@ -24,11 +24,11 @@ META = "meta.json"
 
 
 def save_checkpoint(directory: Path, weights: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer,
-                    epoch: int) -> None:
-    """Write weights, optimizer state and the epoch into ``directory``."""
+                    epoch: int, history: list[dict[str, float]]) -> None:
+    """Write weights, optimizer state, the epoch and the metrics of every epoch so far into ``directory``."""
     save_file(weights, str(directory / WEIGHTS))
     torch.save(optimizer.state_dict(), directory / OPTIMIZER)
-    (directory / META).write_text(json.dumps({"epoch": epoch}))
+    (directory / META).write_text(json.dumps({"epoch": epoch, "history": history}))
 
 
 def load_optimizer_state(path: Path) -> dict[str, Any]:
@@ -50,7 +50,7 @@ def _first_sentence(text: str) -> str:
 
 def load_checkpoint(checkpoint: Checkpoint, model: torch.nn.Module,
                     optimizer: torch.optim.Optimizer | None = None) -> dict[str, Any]:
-    """Restore ``model`` (and ``optimizer``) in place; return the checkpoint's metadata (``epoch``)."""
+    """Restore ``model`` (and ``optimizer``) in place; return the checkpoint's metadata (``epoch``, ``history``)."""
     with checkpoint.as_directory() as directory:
         root = Path(directory)
         model.load_state_dict(load_safetensors(root / WEIGHTS))
@@ -66,13 +66,14 @@ def read_weights(checkpoint: Checkpoint) -> dict[str, torch.Tensor]:
 
 
 def report_with_checkpoint(metrics: dict[str, float], write: bool, weights: dict[str, torch.Tensor] | None,
-                           optimizer: torch.optim.Optimizer, epoch: int) -> None:
-    """``ray.train.report`` from every rank; the rank with ``write`` attaches the checkpoint."""
+                           optimizer: torch.optim.Optimizer, history: list[dict[str, float]]) -> None:
+    """``ray.train.report`` from every rank; the rank with ``write`` attaches the checkpoint (with ``history``,
+    the metrics of every epoch so far, the last one being ``metrics``)."""
     import ray.train
 
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = None
         if write and weights is not None:
-            save_checkpoint(Path(tmp), weights, optimizer, epoch)
+            save_checkpoint(Path(tmp), weights, optimizer, int(metrics["epoch"]), history)
             checkpoint = Checkpoint.from_directory(tmp)
         ray.train.report(metrics, checkpoint=checkpoint)

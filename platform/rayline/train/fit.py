@@ -38,6 +38,7 @@ class TrainOutcome:
     checkpoint: Checkpoint
     test_metrics: dict[str, float]
     resumed_from_epoch: int | None
+    history: list[dict[str, float]]  # rank 0's metrics of every epoch (what the MLflow run must hold)
     wall_s: float
     stages: dict[str, float]
 
@@ -88,6 +89,7 @@ def fit(spec: PipelineSpec, prepared: PreparedData, storage_uri: str, run_name: 
         checkpoint=result.checkpoint,
         test_metrics={k: v for k, v in value["test"].items() if not k.endswith("_rows")},
         resumed_from_epoch=value["resumed_from_epoch"],
+        history=value["history"],
         wall_s=time.perf_counter() - started,
         stages=_stages(value["timings"], started_at, finished_at),
     )

@@ -101,7 +101,8 @@ def train_loop(raw_config: dict[str, Any]) -> dict[str, Any]:
     """Train for ``train.epochs`` epochs, resuming from the latest checkpoint; evaluate on the test split.
 
     Metrics are reported every epoch; a checkpoint travels with the report on ``train.checkpoint_every``'s
-    schedule and after the last epoch. Returns the test metrics and where the worker's time went."""
+    schedule and after the last epoch. Returns the test metrics, every epoch's metrics (``history``, carried
+    through checkpoints across restarts) and where the worker's time went."""
     entered_at = time.time()
     config = LoopConfig(**raw_config)
     spec = TrainSpec.model_validate(config.train)
@@ -114,10 +115,11 @@ def train_loop(raw_config: dict[str, Any]) -> dict[str, Any]:
     model = strategy.wrap(build_model(ModelSpec.model_validate(config.model), config.num_features,
                                       config.num_outputs))
     optimizer = _optimizer(spec, model)  # after wrap: its state then lives on the worker's device
-    start_epoch, resumed_from = 0, None
+    start_epoch, resumed_from, history = 0, None, []
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
-        resumed_from = int(load_checkpoint(checkpoint, strategy.unwrap(model), optimizer)["epoch"])
+        meta = load_checkpoint(checkpoint, strategy.unwrap(model), optimizer)
+        resumed_from, history = int(meta["epoch"]), meta.get("history", [])
         start_epoch = resumed_from + 1
     timings = {"loop_entered_at": entered_at, "setup_s": time.time() - entered_at, "epochs_s": 0.0}
 
@@ -140,11 +142,12 @@ def train_loop(raw_config: dict[str, Any]) -> dict[str, Any]:
         write = (epoch + 1) % spec.checkpoint_every == 0 or epoch == spec.epochs - 1
         weights = strategy.state_dict(model) if write and rank == 0 else None
         metrics["epoch_s"] = time.perf_counter() - started
-        report_with_checkpoint(metrics, write and rank == 0, weights, optimizer, epoch)
+        history.append(metrics)
+        report_with_checkpoint(metrics, write and rank == 0, weights, optimizer, history)
         timings["epochs_s"] += time.perf_counter() - started
 
     tested = time.perf_counter()
     test = evaluate(strategy.unwrap(model), "test", config, spec.batch_size, device)
     timings["test_s"] = time.perf_counter() - tested
     timings["loop_left_at"] = time.time()
-    return {"test": test, "resumed_from_epoch": resumed_from, "timings": timings}
+    return {"test": test, "resumed_from_epoch": resumed_from, "timings": timings, "history": history}
