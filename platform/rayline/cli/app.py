@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import threading
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -29,6 +32,30 @@ def _fail(err: Exception, code: int) -> typer.Exit:
     return typer.Exit(code)
 
 
+def _exit_if_the_platform_stops(state_dir: Path, poll_s: float = 1.0) -> None:
+    """Watch the embedded platform from a daemon thread. Once it has been seen running, its stop (`rayline down`, a
+    crash) ends this command with one line and exit code 1, instead of Ray's client aborting the process a minute
+    later with a report of its own."""
+
+    def watch() -> None:
+        seen_running = False
+        while True:
+            time.sleep(poll_s)
+            try:
+                running = bool(rayline.status(state_dir)["running"])
+            except RaylineError:  # platform.json half-written or removed
+                running = False
+            if running:
+                seen_running = True
+            elif seen_running:
+                typer.secho("error: the platform stopped while the pipeline ran (`rayline down`, or a crash): the "
+                            "run did not finish and nothing more was logged or registered", fg=typer.colors.RED,
+                            err=True)
+                os._exit(1)
+
+    threading.Thread(target=watch, name="rayline-platform-watch", daemon=True).start()
+
+
 @app.command()
 def run(
     spec: Annotated[Path, typer.Argument(help="pipeline spec (YAML)")],
@@ -42,6 +69,8 @@ def run(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="stream Ray's worker logs")] = False,
 ) -> None:
     """Run a pipeline: data → train → evaluate → register."""
+    if not ray_address:
+        _exit_if_the_platform_stops(state_dir)
     try:
         loaded = rayline.load_spec(spec, overrides or [])
         _stage("spec", f"{spec}: pipeline {loaded.name!r}, model {loaded.model.name}")
