@@ -15,10 +15,30 @@ def _csv(path: Path, text: str) -> str:
     return str(path)
 
 
+def _bytes(path: Path, data: bytes) -> str:
+    path.write_bytes(data)
+    return str(path)
+
+
 CASES = {
     "unknown key": (lambda tmp: {"train.epochz": 3}, "train.epochz", "unknown key"),
     "wrong type": (lambda tmp: {"train.epochs": "ten"}, "train.epochs", "integer"),
     "missing data file": (lambda tmp: {"data.source": str(tmp / "absent.csv")}, "data.source", "not found"),
+    "missing Parquet file": (lambda tmp: {"data.source": str(tmp / "absent.parquet")}, "data.source", "not found"),
+    "missing data directory": (lambda tmp: {"data.source": str(tmp / "absent")}, "data.source", "not found"),
+    "directory without data files": (lambda tmp: {"data.source": str(tmp)}, "data.source", "no parquet files"),
+    "empty CSV file": (lambda tmp: {"data.source": _csv(tmp / "blank.csv", "")}, "data.source", "is empty"),
+    "empty Parquet file": (lambda tmp: {"data.source": _csv(tmp / "blank.parquet", "")}, "data.source", "is empty"),
+    "CSV row with more fields than the header": (
+        lambda tmp: {"data.source": _csv(tmp / "extra.csv", "size,weight,y\n1.0,2.0,0\n1.0,2.0,1,7\n"),
+                     "data.label": "y", "preprocess": []},
+        "data.source", "not valid CSV: CSV parse error: Expected 3 columns, got 4"),
+    "binary garbage named .csv": (
+        lambda tmp: {"data.source": _bytes(tmp / "garbage.csv", bytes((i * 37 + 11) % 256 for i in range(4096)))},
+        "data.source", "not valid CSV"),
+    "binary garbage named .parquet": (
+        lambda tmp: {"data.source": _bytes(tmp / "garbage.parquet", b"PAR1" + bytes(range(256)) * 4)},
+        "data.source", "not valid Parquet"),
     "label column absent": (lambda tmp: {"data.label": "digit"}, "data.label", "'digit' not found"),
     "non-numeric feature without encoding": (
         lambda tmp: {"data.source": _csv(tmp / "rows.csv", "size,color,y\n" + "1.0,red,0\n2.0,blue,1\n" * 20),

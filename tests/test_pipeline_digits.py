@@ -41,10 +41,12 @@ def test_run_records_params_metrics_dataset_spec_and_cost(champion: rayline.Pipe
     assert run.data.params["preprocess.0.type"] == "min_max_scale"
     history = mlflow_client.get_metric_history(champion.run_id, "val_accuracy")
     assert sorted(m.step for m in history) == list(range(10))  # one value per epoch, from rank 0 only
-    assert {"samples_per_s", "train_loss", "test_accuracy", "cpu_seconds", "cost_estimate"} <= set(run.data.metrics)
-    assert run.data.metrics["cpu_seconds"] > 0 and run.data.metrics["cost_estimate"] > 0
+    expected = {"samples_per_s", "train_loss", "test_accuracy", "reserved_cpu_seconds", "cost_estimate"}
+    assert expected <= set(run.data.metrics)
+    assert run.data.metrics["reserved_cpu_seconds"] > 0 and run.data.metrics["cost_estimate"] > 0
     [dataset_input] = run.inputs.dataset_inputs
     assert dataset_input.dataset.name == "digits" and len(dataset_input.dataset.digest) == 16
+    assert {tag.key: tag.value for tag in dataset_input.tags}["rayline.digest_kind"] == "sha256-csv"
     artifacts = {a.path for a in mlflow_client.list_artifacts(champion.run_id)}
     assert "spec.yaml" in artifacts
     logged = yaml.safe_load(Path(mlflow_client.download_artifacts(champion.run_id, "spec.yaml")).read_text())

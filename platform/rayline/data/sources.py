@@ -11,7 +11,9 @@ from urllib.parse import parse_qsl, urlparse
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.csv as pacsv
 import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 import ray.data
 
 from rayline.errors import SpecError
@@ -27,15 +29,23 @@ BUNDLED = {
 }
 SYNTHETIC_DEFAULTS = {"rows": 100_000, "features": 32, "classes": 4, "seed": 0}
 SYNTHETIC_RANGES = {"rows": (1, 10**10), "features": (1, 10_000), "classes": (2, 10_000), "seed": (0, 2**32 - 1)}
+FULL_DIGEST_MAX_BYTES = 64 * 2**20  # file datasets up to this size are hashed whole; larger ones are sampled
+SAMPLE_BYTES = 2**20
 
 
 @dataclass(frozen=True)
 class SourceInfo:
-    """What MLflow records about a dataset: where it came from and a content digest."""
+    """What MLflow records about a dataset: where it came from, and a digest (16 hex digits of a SHA-256).
+
+    ``digest_kind`` says what was hashed: ``sha256`` every byte of the data files (with their relative paths),
+    ``sha256-sampled`` each file's relative path, size and first, middle and last MiB (file datasets over
+    ``FULL_DIGEST_MAX_BYTES``), ``sha256-csv`` a bundled dataset's rows as CSV, ``sha256-options`` the options
+    of a synthetic dataset (which determine its rows)."""
 
     name: str
     uri: str
     digest: str
+    digest_kind: str
 
 
 def read_parquet(uri: str, **options: Any) -> ray.data.Dataset:
@@ -71,11 +81,15 @@ def _read_bundled(source: str) -> tuple[ray.data.Dataset, SourceInfo]:
     frame = loaded.frame if hasattr(loaded, "frame") else loaded
     table = pa.Table.from_pandas(frame, preserve_index=False)
     digest = hashlib.sha256(frame.to_csv(index=False).encode()).hexdigest()[:16]
-    return ray.data.from_arrow(table), SourceInfo(name=source.split(":", 1)[1], uri=source, digest=digest)
+    info = SourceInfo(name=source.split(":", 1)[1], uri=source, digest=digest, digest_kind="sha256-csv")
+    return ray.data.from_arrow(table), info
 
 
 def read_files(source: str, fmt: str = "auto", field: str = "data.source") -> tuple[ray.data.Dataset, SourceInfo]:
-    """A CSV or Parquet file, directory or URI as a Ray Dataset; errors name ``field``."""
+    """A CSV or Parquet file, directory or URI as a Ray Dataset, digested by content (see :class:`SourceInfo`).
+
+    Refused up front, naming ``field``: a path that does not exist, a directory without data files, an empty
+    file, a CSV file whose first block does not parse, a Parquet file whose footer does not."""
     try:
         filesystem, path = pafs.FileSystem.from_uri(source if "://" in source else os.path.abspath(source))
         info = filesystem.get_file_info(path)
@@ -88,10 +102,67 @@ def read_files(source: str, fmt: str = "auto", field: str = "data.source") -> tu
         fmt = "csv" if suffix == ".csv" else "parquet" if suffix in {".parquet", ".pq", ""} else ""
         if not fmt:
             raise SpecError(f"cannot tell the format of {source!r} (.csv or .parquet)", field=field)
-    dataset = ray.data.read_csv(source) if fmt == "csv" else read_parquet(source)
-    stamp = json.dumps([source, info.size, info.mtime_ns]).encode()
+    files = _data_files(filesystem, info, fmt)
+    if not files:
+        raise SpecError(f"no {fmt} files in {source}", field=field)
+    for file in files:
+        _check_file(filesystem, file, fmt, field)
+    digest, kind = _digest_files(filesystem, info, files)
+    if fmt == "csv":
+        dataset = ray.data.read_csv(source)
+    else:  # Ray keeps only *.parquet by default, even a file named explicitly (one.pq would read as zero rows)
+        dataset = read_parquet(source, **({"file_extensions": None} if info.is_file else {}))
     name = os.path.basename(path.rstrip("/")) or source
-    return dataset, SourceInfo(name=name, uri=source, digest=hashlib.sha256(stamp).hexdigest()[:16])
+    return dataset, SourceInfo(name=name, uri=source, digest=digest, digest_kind=kind)
+
+
+def _data_files(filesystem: pafs.FileSystem, info: pafs.FileInfo, fmt: str) -> list[pafs.FileInfo]:
+    """The files Ray Data reads for ``info``: the file itself, or a directory's files (recursively) but those
+    whose relative path starts with ``.`` or ``_``, and for Parquet only ``*.parquet``."""
+    if info.is_file:
+        return [info]
+    found = filesystem.get_file_info(pafs.FileSelector(info.path, recursive=True))
+    return sorted((f for f in found if f.is_file and not _relative(info, f).startswith((".", "_"))
+                   and (fmt == "csv" or f.path.endswith(".parquet"))), key=lambda f: f.path)
+
+
+def _relative(root: pafs.FileInfo, file: pafs.FileInfo) -> str:
+    return file.path[len(root.path):].lstrip("/")
+
+
+def _check_file(filesystem: pafs.FileSystem, file: pafs.FileInfo, fmt: str, field: str) -> None:
+    """Refuse an empty file, or one whose CSV first block or Parquet footer does not parse, in one line."""
+    if file.size == 0:
+        raise SpecError(f"{file.path} is empty (0 bytes)", field=field)
+    try:
+        if fmt == "csv":
+            with filesystem.open_input_stream(file.path) as stream:  # decompresses .csv.gz and the like
+                reader = pacsv.open_csv(stream)
+                next(iter(reader), None)
+        else:
+            with filesystem.open_input_file(file.path) as handle:
+                pq.ParquetFile(handle)
+    except (pa.ArrowException, OSError) as err:
+        problem = "".join(c if c.isprintable() else "?" for c in str(err).split("\n")[0])[:200]
+        raise SpecError(f"{file.path} is not valid {fmt.upper() if fmt == 'csv' else 'Parquet'}: {problem}",
+                        field=field) from None
+
+
+def _digest_files(filesystem: pafs.FileSystem, root: pafs.FileInfo, files: list[pafs.FileInfo]) -> tuple[str, str]:
+    """SHA-256 over each file's relative path, size and bytes: all of them up to ``FULL_DIGEST_MAX_BYTES`` in
+    total (``sha256``), otherwise the first, middle and last ``SAMPLE_BYTES`` of each (``sha256-sampled``)."""
+    sampled = sum(f.size for f in files) > FULL_DIGEST_MAX_BYTES
+    digest = hashlib.sha256()
+    for file in files:
+        digest.update(json.dumps([_relative(root, file), file.size]).encode())
+        if sampled:
+            starts = [0, max(0, (file.size - SAMPLE_BYTES) // 2), max(0, file.size - SAMPLE_BYTES)]
+        else:
+            starts = list(range(0, file.size, SAMPLE_BYTES))
+        with filesystem.open_input_file(file.path) as handle:
+            for start in starts:
+                digest.update(handle.read_at(min(SAMPLE_BYTES, file.size - start), start))
+    return digest.hexdigest()[:16], "sha256-sampled" if sampled else "sha256"
 
 
 def _read_synthetic(source: str, storage_uri: str) -> tuple[ray.data.Dataset, SourceInfo]:
@@ -119,7 +190,7 @@ def _read_synthetic(source: str, storage_uri: str) -> tuple[ray.data.Dataset, So
         ).write_parquet(target)
         with filesystem.open_output_stream(f"{path}/_SUCCESS") as marker:
             marker.write(b"")
-    return read_parquet(target), SourceInfo(name="synthetic", uri=source, digest=digest)
+    return read_parquet(target), SourceInfo(name="synthetic", uri=source, digest=digest, digest_kind="sha256-options")
 
 
 def _synthetic_rows(batch: dict[str, np.ndarray], options: dict[str, int]) -> dict[str, np.ndarray]:

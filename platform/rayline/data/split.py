@@ -10,12 +10,30 @@ from rayline.spec.pipeline import SplitSpec
 
 SPLIT_COLUMN = "__split__"
 SPLITS = ("train", "validation", "test")
+_MASK64 = 2**64 - 1  # seeds are taken modulo 2**64
+
+
+def _splitmix64(x: np.ndarray) -> np.ndarray:
+    """SplitMix64's output function on uint64s (wrapping arithmetic): a bijection that spreads every input bit."""
+    with np.errstate(over="ignore"):
+        x = x + np.uint64(0x9E3779B97F4A7C15)
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return x ^ (x >> np.uint64(31))
+
+
+def row_units(batch: pd.DataFrame, seed: int) -> np.ndarray:
+    """A number in [0, 1) per row, from the row's content and ``seed`` only (not its position or batch).
+
+    Rows are hashed without a key (``hash_key`` reaches object columns only), then each hash is mixed with a
+    constant derived from the seed, so every column type, numeric included, depends on the seed."""
+    hashes = pd.util.hash_pandas_object(batch, index=False).to_numpy(dtype=np.uint64)
+    key = _splitmix64(np.array([seed & _MASK64], dtype=np.uint64))[0]
+    return (_splitmix64(hashes ^ key) >> np.uint64(11)).astype(np.float64) / 2.0**53
 
 
 def _assign(batch: pd.DataFrame, split: SplitSpec) -> pd.DataFrame:
-    key = f"rayline{split.seed:09d}"[-16:]
-    hashes = pd.util.hash_pandas_object(batch, index=False, hash_key=key).to_numpy()
-    unit = (hashes % np.uint64(1_000_000)).astype(np.float64) / 1_000_000
+    unit = row_units(batch, split.seed)
     batch[SPLIT_COLUMN] = np.where(unit < split.test, "test",
                                    np.where(unit < split.test + split.validation, "validation", "train"))
     return batch

@@ -119,7 +119,8 @@ def _tracked_run(spec: PipelineSpec, platform: Platform, prepared: PreparedData,
         if spec.file:
             tracking.log_text(uri, run_id, Path(spec.file).read_text(), f"spec/{Path(spec.file).name}")
         source = prepared.source
-        tracking.log_dataset(run_id, source.name, source.uri, source.digest, prepared.input_schema)
+        tracking.log_dataset(run_id, source.name, source.uri, source.digest, prepared.input_schema,
+                             digest_kind=source.digest_kind)
         tracking.log_metrics(uri, run_id, {f"rows_{name}": n for name, n in prepared.counts.items()})
 
     scaling = spec.train.scaling

@@ -50,8 +50,9 @@ def log_params(tracking_uri: str, run_id: str, params: Mapping[str, str]) -> Non
 
 
 def log_dataset(run_id: str, name: str, uri: str, digest: str, schema: Mapping[str, str],
-                context: str = "training") -> None:
-    """Record the dataset as a run input (source, digest, column schema)."""
+                context: str = "training", digest_kind: str | None = None) -> None:
+    """Record the dataset as a run input (source, digest, column schema); ``digest_kind`` (what the digest
+    covers, see ``rayline.data.sources.SourceInfo``) becomes the input tag ``rayline.digest_kind``."""
     try:
         source = resolve_dataset_source(uri)
     except Exception:  # bundled and synthetic sources have no MLflow source type
@@ -59,7 +60,7 @@ def log_dataset(run_id: str, name: str, uri: str, digest: str, schema: Mapping[s
     columns = Schema([ColSpec(_mlflow_type(dtype), column) for column, dtype in schema.items()])
     dataset = MetaDataset(source=source, name=name, digest=digest, schema=columns)
     with mlflow.start_run(run_id=run_id):
-        mlflow.log_input(dataset, context=context)
+        mlflow.log_input(dataset, context=context, tags={"rayline.digest_kind": digest_kind} if digest_kind else None)
 
 
 def _mlflow_type(dtype: str) -> str:
@@ -88,12 +89,15 @@ def end_run(tracking_uri: str, run_id: str, status: str = "FINISHED") -> None:
 
 def cost_metrics(wall_s: float, workers: int, resources_per_worker: Mapping[str, float], use_gpu: bool,
                  cpu_hour: float, gpu_hour: float) -> dict[str, float]:
-    """Resources used by the training workers and what they cost at the given hourly prices."""
-    cpu_seconds = wall_s * workers * resources_per_worker.get("CPU", 1.0)
-    gpu_seconds = wall_s * workers * resources_per_worker.get("GPU", 1.0 if use_gpu else 0.0)
+    """Resources reserved for the training workers and what they cost at the given hourly prices.
+
+    ``reserved_cpu_seconds`` is workers * CPUs per worker * ``wall_s``, the wall time of the whole fit, worker
+    start-up included (likewise ``reserved_gpu_seconds``): what the cluster held for the run, not CPU time measured."""
+    reserved_cpu_seconds = wall_s * workers * resources_per_worker.get("CPU", 1.0)
+    reserved_gpu_seconds = wall_s * workers * resources_per_worker.get("GPU", 1.0 if use_gpu else 0.0)
     return {
         "train_wall_s": wall_s,
-        "cpu_seconds": cpu_seconds,
-        "gpu_seconds": gpu_seconds,
-        "cost_estimate": cpu_seconds / 3600 * cpu_hour + gpu_seconds / 3600 * gpu_hour,
+        "reserved_cpu_seconds": reserved_cpu_seconds,
+        "reserved_gpu_seconds": reserved_gpu_seconds,
+        "cost_estimate": reserved_cpu_seconds / 3600 * cpu_hour + reserved_gpu_seconds / 3600 * gpu_hour,
     }
