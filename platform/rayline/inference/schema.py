@@ -93,7 +93,11 @@ class InputSchema:
         if kind in NUMERIC_KINDS:
             if values.map(lambda v: isinstance(v, bool | str | list | dict)).any():
                 raise InputError(422, f"column {column!r} must be numeric", {"field": column, "type": kind})
-            numbers = pd.to_numeric(values, errors="coerce").astype("float64")
+            try:
+                numbers = pd.to_numeric(values, errors="coerce").astype("float64")
+            except OverflowError:  # an integer beyond float range
+                raise InputError(422, f"column {column!r} holds a number beyond float range",
+                                 {"field": column, "type": kind}) from None
             bad = numbers.isna() & values.notna()
             if bad.any():
                 raise InputError(422, f"column {column!r} must be numeric", {"field": column, "type": kind})
