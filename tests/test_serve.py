@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import socket
 import threading
+import time
 from collections.abc import Iterator
 
 import httpx
@@ -21,6 +24,7 @@ from conftest import SERVE_MODEL as MODEL
 from rayline.cluster.processes import wait_until
 
 API_KEY = "s3cret-test-key"
+BODY_TIMEOUT_S = 2.0
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +40,7 @@ def endpoints(platform: rayline.Platform, registered: rayline.PipelineResult, se
     monkeypatch_module.setenv("SERVE_TEST_KEYS", f"other-key,{API_KEY}")
     common = {"model": f"models:/{MODEL}@champion", "port": port, "max_rows": 100, "max_body_bytes": 200_000,
               "autoscaling": {"min_replicas": 1, "max_replicas": 1}, "resources": {"num_cpus": 0.5},
-              "reload_interval_s": 1.0}
+              "reload_interval_s": 1.0, "body_timeout_s": BODY_TIMEOUT_S}
     open_spec = rayline.ServiceSpec(name="open", route_prefix="/", **common)
     secure_spec = rayline.ServiceSpec(name="secure", route_prefix="/secure",
                                       auth={"api_keys_env": "SERVE_TEST_KEYS"}, **common)
@@ -168,15 +172,71 @@ BAD = {
     "non-numeric cell, dataframe_split": (lambda rows: {"dataframe_split": {
         "columns": list(rows.columns), "data": [[*rows.iloc[0].tolist()[:-1], {"a": 1}]]}}, "application/json",
         422, "pixel_7_7"),
+    "huge number": (lambda rows: {"instances": [[1e400, *rows.iloc[0].tolist()[1:]]]}, "application/json", 422,
+                    "pixel_0_0"),
+    "huge integer": (lambda rows: {"dataframe_split": {"columns": list(rows.columns),
+                                                       "data": [[10**400, *rows.iloc[0].tolist()[1:]]]}},
+                     "application/json", 422, "pixel_0_0"),
+    "control characters in a column name": (lambda rows: {"instances": [{**rows.iloc[0].to_dict(),
+                                                                         "pixel\x00\x1b[2J": 1.0}]},
+                                            "application/json", 422, "unknown"),
+    "control characters in a cell": (lambda rows: {"inputs": {**rows.head(1).to_dict(orient="list"),
+                                                              "pixel_0_5": ["\x00\x07\r"]}}, "application/json",
+                                     422, "pixel_0_5"),
+    "raw control character in the JSON": (b'{"instances": [{"pixel_0_0\x01": 1}]}', "application/json", 400, None),
+    "integer too long to read": (b'{"instances": [[' + b"9" * 5000 + b"]]}", "application/json", 400, None),
+    "empty records": (b'{"dataframe_records": []}', "application/json", 400, "empty"),
+    "empty dataframe_split": (lambda rows: {"dataframe_split": {"columns": list(rows.columns), "data": []}},
+                              "application/json", 400, "empty"),
+    "empty columns": (b'{"inputs": {}}', "application/json", 400, None),
 }
 
 
-@pytest.mark.parametrize("case", list(BAD))
-def test_bad_input_gets_a_json_4xx_and_the_server_keeps_serving(case: str, client: httpx.Client,
+def _tensor(data: object, shape: list[int], datatype: str = "FP64", name: str = "input") -> dict:
+    return {"inputs": [{"name": name, "shape": shape, "datatype": datatype, "data": data}]}
+
+
+def _one_row(rows: pd.DataFrame, first: object) -> list:
+    return [first, *rows.iloc[0].tolist()[1:]]
+
+
+BAD_V2 = {
+    "malformed JSON": (b'{"inputs": [', "application/json", 400, None),
+    "no inputs": (b'{"id": "r1"}', "application/json", 400, "inputs"),
+    "empty batch": (lambda rows: _tensor([], [0, 64]), "application/json", 400, "empty"),
+    "wrong width": (lambda rows: _tensor(rows.iloc[0].tolist()[1:], [1, 63]), "application/json", 422, "64"),
+    "shape not the data's": (lambda rows: _tensor(rows.iloc[0].tolist(), [2, 64]), "application/json", 422,
+                             "128"),
+    "wrong type": (lambda rows: _tensor([str(v) for v in rows.iloc[0]], [1, 64], "BYTES"), "application/json",
+                   422, "numeric"),
+    "NaN": (lambda rows: _tensor(_one_row(rows, math.nan), [1, 64]), "application/json", 422, "pixel_0_0"),
+    "Inf": (lambda rows: _tensor(_one_row(rows, -math.inf), [1, 64]), "application/json", 422, "pixel_0_0"),
+    "huge number": (lambda rows: _tensor(_one_row(rows, 1e400), [1, 64]), "application/json", 422, "pixel_0_0"),
+    "huge integer": (lambda rows: _tensor([10**400] + [0] * 63, [1, 64], "INT64"), "application/json", 422,
+                     "outside the range"),
+    "integer too long to read": (b'{"inputs": [{"name": "input", "shape": [1, 1], "datatype": "INT64", "data": ['
+                                 + b"9" * 5000 + b"]}]}", "application/json", 400, None),
+    "too many rows": (lambda rows: _tensor(rows.sample(101, replace=True, random_state=1).values.tolist(),
+                                           [101, 64]), "application/json", 422, "101"),
+    "control characters in a tensor name": (lambda rows: _tensor([1.0], [1], name="pixel\x00\x1b"),
+                                            "application/json", 422, "unknown"),
+    "control characters in the data": (lambda rows: _tensor(["\x00\x07"] * 64, [1, 64], "BYTES"),
+                                       "application/json", 422, "numeric"),
+    "raw control character in the JSON": (b'{"inputs": [{"name": "in\x02put"}]}', "application/json", 400, None),
+    "body over the limit": (b'{"inputs": [' + b" " * 300_000 + b"]}", "application/json", 413, None),
+    "unsupported content type": (b"inputs=1", "application/x-www-form-urlencoded", 415, None),
+    "deeply nested array": (b'{"inputs": ' + b"[" * 50_000 + b"]" * 50_000 + b"}", "application/json", 400, None),
+}
+ROUTES = {"v1": f"/v1/models/{MODEL}/predict", "invocations": "/invocations", "v2": f"/v2/models/{MODEL}/infer"}
+
+
+@pytest.mark.parametrize(("route", "case"), [(route, case) for route in ("v1", "invocations") for case in BAD]
+                         + [("v2", case) for case in BAD_V2])
+def test_bad_input_gets_a_json_4xx_and_the_server_keeps_serving(route: str, case: str, client: httpx.Client,
                                                                 rows: pd.DataFrame, offline: list[int]) -> None:
-    body, content_type, status, mention = BAD[case]
+    body, content_type, status, mention = (BAD_V2 if route == "v2" else BAD)[case]
     content = body if isinstance(body, bytes) else json.dumps(body(rows)).encode()
-    answer = client.post(f"/v1/models/{MODEL}/predict", content=content, headers={"content-type": content_type})
+    answer = client.post(ROUTES[route], content=content, headers={"content-type": content_type})
     assert answer.status_code == status, answer.text
     error = answer.json()
     assert set(error) == {"error", "detail"}
@@ -185,6 +245,31 @@ def test_bad_input_gets_a_json_4xx_and_the_server_keeps_serving(case: str, clien
     assert client.get("/readyz").status_code == 200
     again = client.post(f"/v1/models/{MODEL}/predict", json={"instances": rows.head(2).to_dict(orient="records")})
     assert [p["prediction"] for p in again.json()["predictions"]] == offline[:2]
+
+
+def test_a_slow_body_gets_408_while_other_requests_are_served(endpoints: dict[str, rayline.Endpoint],
+                                                              client: httpx.Client, rows: pd.DataFrame,
+                                                              offline: list[int]) -> None:
+    """Slowloris: a body announced at 10 kB and trickled a byte a second is cut off with a 408 once the body
+    timeout has passed; a normal request meanwhile is answered at once."""
+    url = httpx.URL(endpoints["open"].url)
+    head = (f"POST /v1/models/{MODEL}/predict HTTP/1.1\r\nHost: {url.host}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: 10000\r\n\r\n{{\"instances\": [").encode()
+    answer = b""
+    with socket.create_connection((url.host, url.port), timeout=1) as slow:
+        slow.sendall(head)
+        started = time.monotonic()
+        normal = client.post(f"/v1/models/{MODEL}/predict", json={"instances": rows.head(2).to_dict(orient="records")})
+        assert [p["prediction"] for p in normal.json()["predictions"]] == offline[:2]
+        while not answer and time.monotonic() - started < BODY_TIMEOUT_S + 10:
+            with contextlib.suppress(TimeoutError):
+                answer = slow.recv(4096)
+            with contextlib.suppress(OSError):  # the server may have closed its side already
+                slow.sendall(b" ")
+        took = time.monotonic() - started
+    assert answer.startswith(b"HTTP/1.1 408"), answer[:300]
+    assert b"body not received" in answer and took < BODY_TIMEOUT_S + 10
+    assert client.get("/readyz").status_code == 200
 
 
 def test_unknown_model_name_is_404(client: httpx.Client, rows: pd.DataFrame) -> None:

@@ -30,6 +30,7 @@ from rayline.serving.model_watch import AliasWatcher
 from rayline.serving.oip import encode_infer_response, parse_infer_request
 from rayline.serving.payloads import Rows, parse_json, rows_from_scoring, rows_from_tensors
 from rayline.serving.server_config import ServerConfig
+from rayline.spec import ModelUri
 
 OIP_TYPES = {"double": "FP64", "float": "FP32", "long": "INT64", "integer": "INT32", "string": "BYTES",
              "boolean": "BOOL"}
@@ -85,14 +86,19 @@ class ModelServer:
 
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
-        self.champion = AliasWatcher(config.model, config.tracking_uri, config.max_rows, config.reload_interval_s)
-        self.challenger = (AliasWatcher(config.canary, config.tracking_uri, config.max_rows,
-                                        config.reload_interval_s) if config.canary else None)
-        self.metrics = EndpointMetrics(self.loaded.name)
+        self.metrics = EndpointMetrics(config.model.name)
+        self.champion = self._watcher(config.model)
+        self.challenger = self._watcher(config.canary) if config.canary else None
         self.queued = 0
         for batched in (self._champion_batch, self._challenger_batch):
             batched.set_max_batch_size(config.max_batch_size)
             batched.set_batch_wait_timeout_s(config.batch_wait_timeout_s)
+
+    def _watcher(self, uri: ModelUri) -> AliasWatcher:
+        """The loaded version of ``uri``, following its alias; a version that cannot be loaded fails the replica
+        (Serve reports the deployment as failed)."""
+        config = self.config
+        return AliasWatcher(uri, config.tracking_uri, config.max_rows, config.reload_interval_s, self.metrics.swap)
 
     @property
     def loaded(self) -> LoadedModel:
@@ -149,10 +155,15 @@ class ModelServer:
         if declared and declared.isdigit() and int(declared) > limit:
             raise InputError(413, f"body over {limit} bytes", {"content_length": int(declared)})
         body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > limit:
-                raise InputError(413, f"body over {limit} bytes")
+        try:
+            async with asyncio.timeout(self.config.body_timeout_s):
+                async for chunk in request.stream():
+                    body += chunk
+                    if len(body) > limit:
+                        raise InputError(413, f"body over {limit} bytes")
+        except TimeoutError:  # a slow or stalled sender (slowloris) must not hold the replica
+            raise InputError(408, f"body not received within {self.config.body_timeout_s} s",
+                             {"received_bytes": len(body)}) from None
         return bytes(body)
 
     @staticmethod
@@ -273,9 +284,12 @@ class ModelServer:
 
     @api.get("/readyz")
     async def readyz(self) -> dict[str, Any]:
-        ready = {"status": "ready", "model": self.loaded.name, "version": self.loaded.version}
+        """200 while a version answers; ``swap_failed`` (champion or canary) while the alias names a version
+        that failed to load and the previous one still answers."""
+        ready = {"status": "ready", "model": self.loaded.name, "version": self.loaded.version,
+                 **self.champion.swap_status()}
         if self.challenger is not None:
             ready["canary"] = {"version": self.challenger.current.version,
-                               "traffic_percent": self.config.canary_percent}
+                               "traffic_percent": self.config.canary_percent, **self.challenger.swap_status()}
         return ready
 

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import time
+import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from typing import Any
@@ -11,9 +14,10 @@ from typing import Any
 import pandas as pd
 import ray
 from ray import serve
-from ray.serve import Application
+from ray.serve import Application, RunTarget
 from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
 from ray.serve.config import HTTPOptions
+from ray.serve.schema import ApplicationDetails, ApplicationStatus, ServeInstanceDetails
 
 from rayline.cluster import Platform
 from rayline.cluster.processes import wait_until
@@ -24,6 +28,10 @@ from rayline.serving.server_config import ServerConfig
 from rayline.spec import ServiceSpec, validate
 
 SHUTDOWN_DEADLINE_S = 120.0
+RETRY_S = 15.0
+RETRY_FIRST_DELAY_S = 0.05
+RETRY_MAX_DELAY_S = 1.0
+RETRIED_STATUSES = frozenset({500, 502, 503, 504})
 
 
 @dataclass(frozen=True)
@@ -36,8 +44,13 @@ class Endpoint:
     model_name: str
     api_key: str | None = field(default=None, repr=False)
 
-    def predict(self, rows: pd.DataFrame | list[dict[str, Any]], timeout_s: float = 30.0) -> dict[str, Any]:
-        """POST rows to ``/v1/models/<model>/predict`` over HTTP and return the JSON answer."""
+    def predict(self, rows: pd.DataFrame | list[dict[str, Any]], timeout_s: float = 30.0,
+                retry_s: float = RETRY_S) -> dict[str, Any]:
+        """POST rows to ``/v1/models/<model>/predict`` over HTTP and return the JSON answer.
+
+        A prediction is idempotent, so a request that found no live replica (the connection failed or dropped,
+        or the ingress answered 500, 502, 503 or 504: a replica died or is being replaced, or all are busy) is
+        sent again, with backoff, for up to ``retry_s`` seconds (0: never); the last error is raised."""
         records = rows.to_dict(orient="records") if isinstance(rows, pd.DataFrame) else rows
         request = urllib.request.Request(
             f"{self.url.rstrip('/')}/v1/models/{self.model_name}/predict",
@@ -45,8 +58,17 @@ class Endpoint:
             headers={"Content-Type": "application/json",
                      **({"Authorization": f"Bearer {self.api_key}"} if self.api_key else {})},
         )
-        with urllib.request.urlopen(request, timeout=timeout_s) as response:
-            return json.loads(response.read())
+        deadline, delay = time.monotonic() + retry_s, RETRY_FIRST_DELAY_S
+        while True:
+            try:
+                with urllib.request.urlopen(request, timeout=timeout_s) as response:
+                    return json.loads(response.read())
+            except (urllib.error.URLError, ConnectionError) as err:  # HTTPError is a URLError
+                if (isinstance(err, urllib.error.HTTPError) and err.code not in RETRIED_STATUSES) \
+                        or time.monotonic() + delay > deadline:
+                    raise
+            time.sleep(delay)
+            delay = min(2 * delay, RETRY_MAX_DELAY_S)
 
 
 def build_app(spec: ServiceSpec, tracking_uri: str) -> Application:
@@ -72,16 +94,60 @@ def app_builder(args: dict[str, Any]) -> Application:
 
 
 def deploy(spec: ServiceSpec, platform: Platform) -> Endpoint:
-    """Deploy (or update) ``spec`` on the platform's cluster and wait until it is healthy."""
+    """Deploy (or update) ``spec`` on the platform's cluster and wait until it runs (see :func:`_wait_running`)."""
     platform.init_ray()
     keys = load_keys(spec.auth)
     app = build_app(spec, platform.tracking_uri)
     serve.start(http_options={"host": spec.host, "port": spec.port, "request_timeout_s": spec.request_timeout_s})
     controller = ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
     _check_http_options(spec, ray.get(controller.get_http_config.remote()))
-    serve.run(app, name=spec.name, route_prefix=spec.route_prefix, blocking=False)
+    serve.run_many([RunTarget(app, name=spec.name, route_prefix=spec.route_prefix)],
+                   wait_for_applications_running=False)
+    _wait_running(spec)
     base = f"http://{spec.host}:{spec.port}{spec.route_prefix.rstrip('/')}"
     return Endpoint(name=spec.name, url=base, model_name=spec.model_name, api_key=keys[0] if keys else None)
+
+
+def _wait_running(spec: ServiceSpec) -> None:
+    """Wait until Serve runs ``spec``'s application. When Serve gives up on its replicas (each failed to start
+    a few times: ``DEPLOY_FAILED``) or ``deploy_timeout_s`` passes, raise a RaylineError with Serve's reason
+    (for a model that cannot be loaded, the version and the cause); the application stays, reported by
+    ``rayline serve status``, until it is redeployed or shut down."""
+    seen: list[ApplicationDetails] = []
+
+    def settled() -> bool:
+        seen[:] = [_applications()[spec.name]]
+        return seen[0].status in (ApplicationStatus.RUNNING, ApplicationStatus.DEPLOY_FAILED)
+
+    try:
+        wait_until(settled, spec.deploy_timeout_s, f"Serve application {spec.name!r}")
+    except TimeoutError:
+        raise RaylineError(f"service {spec.name!r} is not running after deploy_timeout_s={spec.deploy_timeout_s:g} "
+                           f"s ({seen[0].status.value}): {_reason(seen[0])}") from None
+    if seen[0].status == ApplicationStatus.DEPLOY_FAILED:
+        raise RaylineError(f"service {spec.name!r} failed to deploy: {_reason(seen[0])}. "
+                           f"`rayline serve status` shows it; `rayline serve shutdown --name {spec.name}` removes it")
+
+
+def _applications() -> dict[str, ApplicationDetails]:
+    """Serve's applications with their status, reason and route prefix (none while Serve is not running)."""
+    try:
+        controller = ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
+    except ValueError:
+        return {}
+    return ServeInstanceDetails(**ray.get(controller.get_serve_instance_details.remote())).applications
+
+
+def _reason(app: ApplicationDetails) -> str:
+    """Why ``app`` is not running, from its and its deployments' status messages: the last exception line of a
+    replica's traceback when there is one (``pkg.ModelLoadError: models:/m/4 cannot be loaded: ...``, without
+    the class path), else the messages."""
+    messages = [app.message, *(deployment.message for deployment in app.deployments.values())]
+    lines = [line.strip() for message in messages for line in message.splitlines() if line.strip()]
+    errors = [line for line in lines if re.match(r"^[\w.]+(Error|Exception): ", line)]
+    if errors:
+        return errors[-1].split(": ", 1)[1]
+    return " ".join(lines) or "no reason given"
 
 
 def _check_http_options(spec: ServiceSpec, running: HTTPOptions) -> None:
@@ -98,10 +164,10 @@ def _check_http_options(spec: ServiceSpec, running: HTTPOptions) -> None:
 def status(platform: Platform) -> dict[str, Any]:
     """Serve's view of the applications on the cluster."""
     platform.init_ray()
-    applications = serve.status().applications
-    return {name: {"status": str(app.status), "route_prefix": app.route_prefix,
-                   "deployments": {d: str(info.status) for d, info in app.deployments.items()}}
-            for name, app in applications.items()}
+    return {name: {"status": app.status.value, "route_prefix": app.route_prefix,
+                   "deployments": {d: info.status.value for d, info in app.deployments.items()},
+                   **({"reason": _reason(app)} if app.status != ApplicationStatus.RUNNING else {})}
+            for name, app in _applications().items()}
 
 
 def shutdown(platform: Platform, name: str | None = None) -> None:

@@ -9,13 +9,16 @@ from contextlib import contextmanager
 from ray.serve import metrics
 
 from rayline.inference.errors import InputError
+from rayline.serving.model_watch import SwapFailure
+from rayline.spec import ModelUri
 
 LATENCY_MS = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000]
 BATCH_SIZES = [1, 2, 4, 8, 16, 32, 64, 128, 256]
 
 
 class EndpointMetrics:
-    """Requests, latency, errors, rejected inputs and batch sizes, tagged with model and version."""
+    """Requests, latency, errors, rejected inputs and batch sizes, tagged with model and version; failed hot
+    swaps, tagged with model, alias and (for the count) the version that failed."""
 
     def __init__(self, model: str) -> None:
         self.model = model
@@ -29,6 +32,12 @@ class EndpointMetrics:
                                       tag_keys=("model", "version", "route"))
         self.batch_size = metrics.Histogram("rayline_batch_rows", "Rows per model forward pass", BATCH_SIZES,
                                             tag_keys=("model", "version"))
+        self.swap_failures = metrics.Counter("rayline_model_swap_failures",
+                                             "Hot swaps whose new version failed to load",
+                                             tag_keys=("model", "alias", "version"))
+        self.swap_failing = metrics.Gauge("rayline_model_swap_failing",
+                                          "1 while the alias names a version that failed to load, else 0",
+                                          tag_keys=("model", "alias"))
 
     @contextmanager
     def measure(self, route: str, version: str) -> Iterator[None]:
@@ -55,3 +64,10 @@ class EndpointMetrics:
     def batch(self, rows: int, version: str) -> None:
         """Record one forward pass over ``rows`` rows."""
         self.batch_size.observe(rows, tags={"model": self.model, "version": version})
+
+    def swap(self, uri: ModelUri, failure: SwapFailure | None) -> None:
+        """Record the outcome of one hot-swap attempt on ``uri``'s alias (``failure`` None: it succeeded)."""
+        tags = {"model": self.model, "alias": uri.alias or ""}
+        if failure is not None:
+            self.swap_failures.inc(tags={**tags, "version": failure.version})
+        self.swap_failing.set(0 if failure is None else 1, tags=tags)

@@ -25,15 +25,22 @@ from rayline.serving.oip import Tensor
 
 SCORING_KEYS = ("instances", "inputs", "dataframe_split", "dataframe_records")
 NUMERIC_KINDS = "fiu"
+INT64_LIMIT = 2**63
 Rows = np.ndarray | pd.DataFrame
 
 
 def parse_json(body: bytes) -> Any:
-    """The decoded JSON body; anything undecodable (bad UTF-8, syntax, nesting too deep) is a 400."""
+    """The decoded JSON body; anything undecodable (bad UTF-8, syntax, nesting too deep) is a 400. Integers
+    beyond int64 become floats (``inf`` past float64's range), which the schema checks refuse by column."""
     try:
-        return json.loads(body)
+        return json.loads(body, parse_int=_json_int)
     except (ValueError, RecursionError) as err:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise InputError(400, "malformed JSON", str(err)[:200]) from None
+
+
+def _json_int(text: str) -> int | float:
+    value = int(text)
+    return value if -INT64_LIMIT <= value < INT64_LIMIT else float(text)
 
 
 def rows_from_scoring(payload: Any, schema: InputSchema) -> Rows:

@@ -17,6 +17,7 @@ class ServerConfig:
     key_digests: tuple[str, ...]
     max_rows: int
     max_body_bytes: int
+    body_timeout_s: float
     max_batch_size: int
     batch_wait_timeout_s: float
     reload_interval_s: float
@@ -28,7 +29,8 @@ class ServerConfig:
         """The replica settings ``spec`` asks for."""
         return cls(
             model=spec.model, tracking_uri=tracking_uri, key_digests=tuple(key_digests), max_rows=spec.max_rows,
-            max_body_bytes=spec.max_body_bytes, max_batch_size=spec.batching.max_batch_size,
+            max_body_bytes=spec.max_body_bytes, body_timeout_s=spec.body_timeout_s,
+            max_batch_size=spec.batching.max_batch_size,
             batch_wait_timeout_s=spec.batching.batch_wait_timeout_s, reload_interval_s=spec.reload_interval_s,
             canary=spec.canary.model if spec.canary else None,
             canary_percent=spec.canary.traffic_percent if spec.canary else 0.0,

@@ -72,6 +72,11 @@ class ServiceSpec(Strict):
     resources: ResourcesSpec = ResourcesSpec()
     auth: AuthSpec = AuthSpec()
     max_body_bytes: int = Field(1_048_576, ge=1, description="larger bodies get 413 before they are parsed")
+    body_timeout_s: float = Field(10.0, gt=0.0, description="longest a client may take to send a request body "
+                                  "once it has started; slower (or stalled) senders get 408")
+    deploy_timeout_s: float = Field(
+        600.0, gt=0.0, description="longest `rayline serve` waits for the application to run; past it, or when "
+        "Serve gives up on the replicas, the deploy is reported as failed")
     max_rows: int = Field(1024, ge=1, description="rows per request")
     reload_interval_s: float = Field(
         10.0, ge=0.0, description="how often replicas check the alias and hot-swap to its new version (0: never)")
