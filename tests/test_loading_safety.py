@@ -22,6 +22,7 @@ import torch
 from ray.data.preprocessors import Concatenator
 from ray.train import Checkpoint
 
+import rayline
 from rayline.data.state_codec import dump_preprocessor
 from rayline.errors import RaylineError, SpecError
 from rayline.models import ALLOWED_MODULES_ENV, MLP, check_allowed
@@ -294,3 +295,17 @@ def test_a_service_spec_refuses_a_file_uri() -> None:
     with pytest.raises(SpecError, match="'file' scheme is not allowed") as caught:
         load_service_spec(ROOT / "serving" / "digits.yaml", {"model": "file:///etc/passwd"})
     assert caught.value.field == "model"
+
+
+UNREACHABLE = "http://127.0.0.1:9"  # nothing listens: reaching MLflow would be a connection error, not a refusal
+
+
+@pytest.mark.parametrize("call", [
+    lambda: rayline.promote("../etc", 1, tracking_uri=UNREACHABLE),
+    lambda: rayline.promote("digits", "1/../2", tracking_uri=UNREACHABLE),
+    lambda: rayline.promote("digits", 1, "latest", tracking_uri=UNREACHABLE),
+    lambda: rayline.rollback("digits", "..%2f", tracking_uri=UNREACHABLE),
+])
+def test_promote_and_rollback_refuse_malformed_parts_before_reaching_mlflow(call) -> None:
+    with pytest.raises(SpecError, match=r"refused|reserved"):
+        call()

@@ -104,12 +104,15 @@ def predict(model: str | ModelUri, input_uri: str, output_uri: str, *, actors: i
 def promote(name: str, version: str | int, alias: str = "champion", *, tracking_uri: str | None = None,
             state_dir: str | Path = DEFAULT_STATE_DIR) -> str | None:
     """Point ``name@alias`` at ``version`` (running endpoints swap to it); return the previous holder."""
+    ModelUri(name, alias=alias)  # a malformed name, alias or version is refused before MLflow is reached
+    ModelUri.of_version(name, str(version))
     return move_alias(_tracking_uri(tracking_uri, state_dir), name, alias, str(version))
 
 
 def rollback(name: str, alias: str = "champion", *, tracking_uri: str | None = None,
              state_dir: str | Path = DEFAULT_STATE_DIR) -> str:
     """Move ``name@alias`` back to the version that held it before; return that version."""
+    ModelUri(name, alias=alias)  # a malformed name or alias is refused here
     return rollback_alias(_tracking_uri(tracking_uri, state_dir), name, alias)
 
 
