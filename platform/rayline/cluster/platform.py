@@ -7,9 +7,12 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
 import ray
+from ray._private import ray_constants
 
 from rayline.cluster import embedded
+from rayline.cluster.processes import is_loopback
 
 DEFAULT_STATE_DIR = ".rayline"
 
@@ -30,6 +33,11 @@ class Platform:
         (a failed worker's traceback still arrives with the exception).
         """
         if not ray.is_initialized():
+            if _listens_on_loopback_only(self.ray_address):
+                # Ray rewrites a loopback address to the machine's own (`services.resolve_ip_for_localhost`), where
+                # the embedded platform does not listen, unless single-machine mode is on: in the platform's
+                # processes `RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0` does that; this process read it at import.
+                ray_constants.ENABLE_RAY_CLUSTER = False
             ray.init(address=self.ray_address, logging_level="WARNING", log_to_driver=verbose)
         logging.getLogger("ray.data").setLevel(logging.INFO if verbose else logging.WARNING)
         # Its only warning says the progress bars are off, which is this method's choice: not news for the user.
@@ -37,6 +45,17 @@ class Platform:
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = False
         context.print_on_execution_start = False
+
+
+def _listens_on_loopback_only(address: str) -> bool:
+    """True if ``address`` (host:port) is a loopback address whose port this machine listens on, on loopback only:
+    a Ray head started by :func:`up`, which keeps all of Ray on loopback."""
+    host, _, port = address.rpartition(":")
+    if not (host == "localhost" or is_loopback(host.strip("[]"))):
+        return False
+    bound = {c.laddr.ip for c in psutil.net_connections(kind="inet")
+             if c.status == psutil.CONN_LISTEN and str(c.laddr.port) == port}
+    return bool(bound) and all(is_loopback(ip) for ip in bound)
 
 
 def _from_embedded(state: embedded.EmbeddedState) -> Platform:
