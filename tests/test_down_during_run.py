@@ -10,10 +10,13 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from conftest import ROOT, run_cli
 from rayline.cluster.processes import wait_until
 
 FAIL_WITHIN_S = 120
+pytestmark = pytest.mark.slow
 
 
 def test_down_while_a_pipeline_runs(tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ import pytest
 import rayline
 from conftest import SERVE_MODEL, delete_applications
 from rayline.cluster.embedded import read_state
-from rayline.cluster.haproxy_loopback import loopback_binds
+from rayline.cluster.haproxy_loopback import harden
 from rayline.cluster.processes import is_loopback, session_members, wait_until
 
 JOB_DEADLINE_S = 120.0
@@ -68,12 +68,16 @@ def test_every_listening_socket_of_the_platform_is_loopback(platform: rayline.Pl
 
 
 def test_haproxy_config_rewrite_keeps_the_endpoint_host() -> None:
-    config = ("frontend prometheus\n    bind :9101\n    mode http\n"
+    config = ("defaults\n    timeout client 3600s\n"
+              "frontend prometheus\n    bind :9101\n    mode http\n"
               "frontend http_frontend\n    bind *:8000\n"
               "listen stats\n  bind *:8404\n  stats enable\n")
-    assert loopback_binds(config) == ("frontend prometheus\n    bind 127.0.0.1:9101\n    mode http\n"
-                                      "frontend http_frontend\n    bind *:8000\n"
-                                      "listen stats\n  bind 127.0.0.1:8404\n  stats enable\n")
+    hardened = ("defaults\n    timeout http-request 10s\n    timeout client 3600s\n"
+                "frontend prometheus\n    bind 127.0.0.1:9101\n    mode http\n"
+                "frontend http_frontend\n    bind *:8000\n"
+                "listen stats\n  bind 127.0.0.1:8404\n  stats enable\n")
+    assert harden(config) == hardened
+    assert harden(hardened) == hardened  # idempotent: Serve reloads rewrite the same file again
 
 
 def _token() -> str:

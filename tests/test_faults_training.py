@@ -32,6 +32,7 @@ from rayline.train.fit import TrainingFailed
 # the same shards from the same weights and optimizer state, so only float summation order could differ.
 LOSS_RTOL = 1e-3
 ACCURACY_ATOL = 0.005  # under two test rows of 359
+pytestmark = pytest.mark.slow
 
 
 def _overrides(tmp_path: Path, platform: rayline.Platform, unique: str, fault: str, at_epoch: int,

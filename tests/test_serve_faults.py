@@ -244,6 +244,7 @@ def rows() -> pd.DataFrame:
     return load_digits(as_frame=True).frame.drop(columns=["target"]).head(2)
 
 
+@pytest.mark.slow
 def test_a_killed_replica_of_two_fails_no_request(platform: rayline.Platform, faults: SimpleNamespace,
                                                   serve_port: int, rows: pd.DataFrame, record_property) -> None:
     """The SDK's client retries idempotent predictions that found a dead replica; the other replica answers."""
@@ -254,6 +255,7 @@ def test_a_killed_replica_of_two_fails_no_request(platform: rayline.Platform, fa
     assert failed.empty, failed.error.value_counts().to_dict()
 
 
+@pytest.mark.slow
 def test_a_killed_lone_replica_fails_requests_only_until_its_replacement(
         platform: rayline.Platform, faults: SimpleNamespace, serve_port: int, rows: pd.DataFrame,
         record_property) -> None:
