@@ -17,6 +17,7 @@ from rayline.spec.pipeline import (
     TrainSpec,
 )
 from rayline.spec.service import ServiceSpec
+from rayline.spec.sweep import Domain, SweepSpec, check_metric, load_sweep_spec, resolve_sweep, trial_spec
 
 BUNDLED_PREFIXES = ("sklearn:", "palmerpenguins:", "synthetic://")
 
@@ -64,6 +65,7 @@ def load_service_spec(path: str | Path, overrides: Overrides = None) -> ServiceS
 __all__ = [
     "BUNDLED_PREFIXES",
     "DataSpec",
+    "Domain",
     "ModelSpec",
     "ModelUri",
     "Overrides",
@@ -71,10 +73,15 @@ __all__ = [
     "PreprocessStep",
     "ScalingSpec",
     "ServiceSpec",
+    "SweepSpec",
     "TrackingSpec",
     "TrainSpec",
+    "check_metric",
     "load_service_spec",
     "load_spec",
+    "load_sweep_spec",
+    "resolve_sweep",
+    "trial_spec",
     "validate",
     "with_overrides",
 ]
