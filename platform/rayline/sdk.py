@@ -25,12 +25,15 @@ from rayline.spec import (
     Overrides,
     PipelineSpec,
     ServiceSpec,
+    SweepSpec,
     load_service_spec,
     load_spec,
+    load_sweep_spec,
     with_overrides,
 )
 from rayline.tracking import PromotionDecision as PromotionDecision
 from rayline.tracking import move_alias, rollback_alias
+from rayline.tune import SweepResult, run_sweep
 
 
 def run(
@@ -53,6 +56,25 @@ def run(
     loaded = with_overrides(spec, overrides) if isinstance(spec, PipelineSpec) else load_spec(spec, overrides)
     platform = connect(ray_address, tracking_uri, storage_uri, state_dir)
     return _run_pipeline(loaded, platform, progress, verbose)
+
+
+def tune(
+    spec: str | Path | SweepSpec,
+    overrides: Overrides = None,
+    *,
+    ray_address: str | None = None,
+    tracking_uri: str | None = None,
+    storage_uri: str | None = None,
+    state_dir: str | Path = DEFAULT_STATE_DIR,
+    progress: Progress | None = None,
+    resume: bool = False,
+) -> SweepResult:
+    """Run a sweep spec (``tuning/*.yaml``): Ray Tune over the pipeline it names, one nested MLflow run per
+    trial, the best trial's model registered through the promotion gate. ``result.trials`` is a DataFrame with one
+    row per trial; ``result.best`` holds the best config, its metrics and the model URI. ``resume`` continues this
+    sweep's latest interrupted run without re-running its finished trials."""
+    loaded = spec if isinstance(spec, SweepSpec) else load_sweep_spec(spec, overrides)
+    return run_sweep(loaded, connect(ray_address, tracking_uri, storage_uri, state_dir), progress, resume)
 
 
 def serve(

@@ -91,6 +91,34 @@ def run(
     typer.echo("  stages (s)     " + " | ".join(f"{name} {seconds:.1f}" for name, seconds in result.stages.items()))
 
 
+@app.command("tune")
+def tune_command(
+    spec: Annotated[Path, typer.Argument(help="sweep spec (YAML)")],
+    overrides: Annotated[list[str] | None, typer.Option("--set", help="override a field: a.b=value")] = None,
+    ray_address: Annotated[str | None, typer.Option(envvar="RAY_ADDRESS", help="existing Ray cluster")] = None,
+    tracking_uri: TrackingUri = None,
+    storage: Annotated[str | None, typer.Option(envvar="RAYLINE_STORAGE",
+                                                help="checkpoint/data storage URI shared by all nodes")] = None,
+    state_dir: StateDir = Path(DEFAULT_STATE_DIR),
+    resume: Annotated[bool, typer.Option("--resume", help="continue this sweep's latest interrupted run")] = False,
+) -> None:
+    """Run a sweep: Ray Tune trials of a pipeline, nested MLflow runs, the best model registered."""
+    try:
+        result = rayline.tune(spec, overrides or [], ray_address=ray_address, tracking_uri=tracking_uri,
+                              storage_uri=storage, state_dir=state_dir, progress=_stage, resume=resume)
+    except SpecError as err:
+        raise _fail(err, 2) from None
+    except RaylineError as err:
+        raise _fail(err, 1) from None
+    shown = [c for c in result.trials.columns if c.startswith("config/") or c in ("training_iteration", "trial_id")]
+    typer.echo("")
+    typer.echo(result.trials[shown].to_string(index=False))
+    best = result.best
+    typer.secho(f"\nsweep finished in {result.wall_s:.1f} s; best {best['config']}", bold=True)
+    typer.echo(f"  model          {best['model_uri']}")
+    typer.echo(f"  promotion      {'PROMOTED' if best['promotion'].promoted else 'kept'}: {best['promotion'].reason}")
+
+
 @app.command()
 def up(
     state_dir: StateDir = Path(DEFAULT_STATE_DIR),

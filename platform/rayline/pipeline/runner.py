@@ -6,7 +6,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from tempfile import TemporaryDirectory
 
 import mlflow
 import torch
@@ -17,11 +16,11 @@ from rayline.cluster import Platform, check_placeable
 from rayline.data import PreparedData, prepare
 from rayline.errors import SpecError
 from rayline.models import build_model, resolve_factory
-from rayline.packaged import PackagedModel, layout
 from rayline.pipeline.progress import epoch_progress
+from rayline.pipeline.publish import package, register
 from rayline.spec import PipelineSpec
 from rayline.stages import StageClock
-from rayline.train import fit, read_weights
+from rayline.train import fit
 
 Progress = Callable[[str, str], None]
 
@@ -146,22 +145,13 @@ def _tracked_run(spec: PipelineSpec, platform: Platform, prepared: PreparedData,
              + f" in {outcome.wall_s:.1f} s")
 
     progress("package", "logging the model (weights + preprocessor + signature)")
-    with clock.stage("packaging"), TemporaryDirectory() as tmp:
+    with clock.stage("packaging"):
         resumed = {} if outcome.resumed_from_epoch is None else {"resumed_from_epoch": outcome.resumed_from_epoch}
         tracking.log_metrics(uri, run_id, {**metrics, **resumed})
-        directory = PackagedModel.write(Path(tmp) / layout.ARTIFACT_KEY, read_weights(outcome.checkpoint),
-                                        prepared.preprocessor.to_json(), spec.model)
-        example = prepared.input_example
-        output = PackagedModel.load(directory, own_code=True).predict(example)
-        model_uri = tracking.log_pyfunc(run_id, layout.PYFUNC_ENTRY, {layout.ARTIFACT_KEY: str(directory)}, example,
-                                        output, code_paths=layout.CODE_PATHS,
-                                        pip_requirements=layout.pip_requirements())
+        model_uri = package(spec, prepared, outcome.checkpoint, run_id)
     name = spec.tracking.model_name
     with clock.stage("registration"):
-        version = tracking.register(uri, model_uri, name)
-        metric, mode = spec.promotion
-        decision = tracking.promote_if_better(uri, name, version, spec.tracking.alias, metric, mode,
-                                              metrics[metric])
+        version, decision = register(spec, uri, model_uri, metrics)
         experiment_id = mlflow.get_run(run_id).info.experiment_id
     progress("register", f"{name} version {version}; {decision.reason}")
     return PipelineResult(

@@ -4,14 +4,22 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from ray.data import Dataset
 from ray.exceptions import RayActorError
-from ray.train import Checkpoint, CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train import (
+    Checkpoint,
+    CheckpointConfig,
+    DataConfig,
+    FailureConfig,
+    RunConfig,
+    ScalingConfig,
+    UserCallback,
+)
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from rayline.data import PreparedData
@@ -44,8 +52,11 @@ class TrainOutcome:
 
 
 def fit(spec: PipelineSpec, prepared: PreparedData, storage_uri: str, run_name: str,
-        tracking_uri: str | None = None, run_id: str | None = None) -> TrainOutcome:
-    """Train ``spec.model`` on ``prepared`` with ``spec.train.scaling`` workers; checkpoints go under storage."""
+        tracking_uri: str | None = None, run_id: str | None = None,
+        callbacks: Sequence[UserCallback] = ()) -> TrainOutcome:
+    """Train ``spec.model`` on ``prepared`` with ``spec.train.scaling`` workers; checkpoints go under storage.
+
+    ``callbacks`` join Ray Train's (a sweep's trial passes Ray Tune's report callback)."""
     config = LoopConfig(
         model=spec.model.model_dump(),
         train=spec.train.model_dump(),
@@ -71,7 +82,8 @@ def fit(spec: PipelineSpec, prepared: PreparedData, storage_uri: str, run_name: 
             storage_path=f"{storage_uri.rstrip('/')}/train",
             failure_config=FailureConfig(max_failures=spec.train.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
-            callbacks=[EpochMetricsToMlflow(tracking_uri, run_id)] if tracking_uri and run_id else [],
+            callbacks=[*([EpochMetricsToMlflow(tracking_uri, run_id)] if tracking_uri and run_id else []),
+                       *callbacks],
         ),
     )
     started, started_at = time.perf_counter(), time.time()

@@ -1,0 +1,207 @@
+"""A sweep: Ray Tune over the one training path. Data is prepared once and shared by every trial; each trial is a
+multi-worker Train job with a nested MLflow run; the best trial's model is published as a pipeline's is."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import mlflow
+import pandas as pd
+import ray
+from mlflow import MlflowClient
+from ray import tune
+from ray.train import Checkpoint
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining
+
+from rayline import tracking
+from rayline.cluster import Platform, check_placeable
+from rayline.cluster.resources import worker_bundle
+from rayline.data import PreparedData, prepare
+from rayline.errors import RaylineError, SpecError
+from rayline.pipeline import Progress
+from rayline.pipeline.publish import package, register
+from rayline.spec import PipelineSpec, SweepSpec, resolve_sweep, trial_spec
+from rayline.spec.sweep import AshaScheduler, PbtScheduler
+from rayline.train import fit
+from rayline.tune.report import log_trials
+
+TRIAL_CPU = 0.1  # the trial's own actor, which drives its Train job (Tune refuses an empty bundle)
+TRIAL_TAG = "rayline.trial"
+SWEEP_TAG = "rayline.sweep"
+PATH_TAG = "rayline.tune_path"  # where Ray Tune keeps the sweep's state, for --resume
+SHARED_PREFIXES = ("data.", "preprocess")  # prepared once per sweep: not tunable
+
+
+@dataclass
+class SweepResult:
+    """What a sweep produced: one row per trial, the best trial, and the model published from it."""
+
+    trials: pd.DataFrame
+    best: dict[str, Any]  # config, metrics, run_id, model_uri, promotion
+    parent_run_id: str
+    wall_s: float
+
+
+def _trial(config: dict[str, Any], document: dict[str, Any], prepared: PreparedData, storage_uri: str,
+           tracking_uri: str, experiment_id: str, parent_run_id: str) -> None:
+    """One trial, in its Tune actor: the pipeline spec with ``config`` applied, trained on the shared data, with a
+    nested MLflow run holding its params, per-epoch metrics, test metrics and status."""
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    spec = trial_spec(document, config)
+    context = tune.get_context()
+    name = context.get_trial_name()
+    client = MlflowClient(tracking_uri)
+    tags = {"mlflow.parentRunId": parent_run_id, TRIAL_TAG: context.get_trial_id()}
+    earlier = client.search_runs([experiment_id], " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items()))
+    if earlier:  # a resumed sweep: the trial goes on in its run (and from its Train checkpoint, same run name)
+        run_id = earlier[0].info.run_id
+        client.update_run(run_id, status="RUNNING")
+    else:
+        run_id = client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
+        tracking.log_params(tracking_uri, run_id, {path: str(value) for path, value in config.items()})
+    try:
+        outcome = fit(spec, prepared, storage_uri, run_name=f"{spec.name}-{name}", tracking_uri=tracking_uri,
+                      run_id=run_id, callbacks=[TuneReportCallback()])
+    except BaseException:
+        client.set_terminated(run_id, "FAILED")
+        raise
+    tracking.log_metrics(tracking_uri, run_id, outcome.test_metrics)
+    client.set_terminated(run_id, "FINISHED")
+
+
+def _scheduler(sweep: SweepSpec, epochs: int) -> Any:
+    match sweep.scheduler:
+        case AshaScheduler(grace_period=grace, reduction_factor=factor):
+            # max_t one past the last epoch: a trial that reaches it runs its test evaluation instead of being
+            # stopped at the budget (ASHA stops trials at max_t), and its rungs still end at the last epoch.
+            return ASHAScheduler(time_attr="training_iteration", max_t=epochs + 1, grace_period=grace,
+                                 reduction_factor=factor)
+        case PbtScheduler(perturbation_interval=interval, hyperparam_mutations=paths):
+            return PopulationBasedTraining(
+                time_attr="training_iteration", perturbation_interval=interval,
+                hyperparam_mutations={path: sweep.search_space[path].to_tune() for path in paths or []})
+    return FIFOScheduler()
+
+
+def _concurrency(sweep: SweepSpec, base: PipelineSpec, document: dict[str, Any]) -> int:
+    """How many trials the cluster holds at once: its CPUs over the largest trial's footprint (the trial actor
+    plus its workers), refusing a trial that can never be placed."""
+    largest = max((trial_spec(document, {path: value}) for path, domain in sweep.search_space.items()
+                   for value in domain.samples() if path.startswith("train.scaling")),
+                  key=lambda spec: spec.train.scaling.num_workers, default=base)
+    check_placeable(largest.train.scaling)
+    cpus = ray.cluster_resources().get("CPU", 0.0)
+    footprint = TRIAL_CPU + largest.train.scaling.num_workers * worker_bundle(largest.train.scaling).get("CPU", 0.0)
+    fits = max(1, math.floor(cpus / footprint + 1e-9))
+    return min(fits, sweep.max_concurrent_trials or fits)
+
+
+def run_sweep(sweep: SweepSpec, platform: Platform, progress: Progress | None = None,
+              resume: bool = False) -> SweepResult:
+    """Run ``sweep`` on ``platform``; publish the best trial's model through the promotion gate.
+
+    ``resume`` continues the latest interrupted run of this sweep (its driver was killed, or it failed): finished
+    trials are kept, unfinished and errored ones go on from their Tune state, in the same parent MLflow run."""
+    started = time.perf_counter()
+    progress = progress or (lambda stage, message: None)
+    document, base = resolve_sweep(sweep)
+    shared = [path for path in sweep.search_space if path.startswith(SHARED_PREFIXES)]
+    if shared:
+        raise SpecError("data and preprocessing are prepared once and shared by every trial: they cannot be "
+                        "tuned", field=f"search_space.{shared[0]}", file=sweep.file)
+    platform.init_ray()
+    concurrency = _concurrency(sweep, base, document)
+    progress("tune", f"{sweep.num_samples} sample(s), at most {concurrency} trial(s) at once")
+    prepared = prepare(base, platform.storage_uri)
+    uri = platform.tracking_uri
+    mlflow.set_tracking_uri(uri)
+    if resume:
+        parent, path = _interrupted(uri, base.tracking.experiment, sweep)
+    else:
+        parent = tracking.start_run(uri, base.tracking.experiment,
+                                    f"{sweep.name}-{time.strftime('%Y%m%d-%H%M%S')}", {SWEEP_TAG: sweep.name})
+        path = f"{platform.storage_uri.rstrip('/')}/tune/{sweep.name}-{parent[:12]}"
+        MlflowClient(uri).set_tag(parent, PATH_TAG, path)
+    experiment_id = mlflow.get_run(parent).info.experiment_id
+    metric, mode = sweep.objective
+    try:
+        trainable = tune.with_resources(tune.with_parameters(
+            _trial, document=document, prepared=prepared, storage_uri=platform.storage_uri, tracking_uri=uri,
+            experiment_id=experiment_id, parent_run_id=parent), {"cpu": TRIAL_CPU})
+        if resume:
+            progress("tune", f"resuming {path}: finished trials are kept")
+            tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True)
+        else:
+            tracking.log_params(uri, parent, tracking.flatten(sweep.model_dump(mode="json")))
+            tuner = tune.Tuner(
+                trainable,
+                param_space={path: domain.to_tune() for path, domain in sweep.search_space.items()},
+                tune_config=tune.TuneConfig(metric=metric, mode=mode, num_samples=sweep.num_samples,
+                                            max_concurrent_trials=concurrency,
+                                            scheduler=_scheduler(sweep, base.train.epochs),
+                                            time_budget_s=sweep.time_budget_s),
+                run_config=tune.RunConfig(name=path.rsplit("/", 1)[1], storage_path=path.rsplit("/", 1)[0],
+                                          verbose=0),
+            )
+        grid = tuner.fit()
+        trials = grid.get_dataframe()
+        children = _close_stopped_trials(uri, experiment_id, parent)
+        best = _publish_best(grid, sweep, document, prepared, uri, experiment_id, progress)
+        log_trials(uri, parent, children, trials, metric)
+        tracking.end_run(uri, parent)
+    except BaseException:
+        tracking.end_run(uri, parent, "FAILED")
+        raise
+    finally:
+        prepared.release()
+    return SweepResult(trials=trials, best=best, parent_run_id=parent, wall_s=time.perf_counter() - started)
+
+
+def _interrupted(tracking_uri: str, experiment: str, sweep: SweepSpec) -> tuple[str, str]:
+    """The parent run and Tune state of this sweep's latest run that did not finish."""
+    client = MlflowClient(tracking_uri)
+    found = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([found.experiment_id], f"tags.`{SWEEP_TAG}` = '{sweep.name}' and "
+                              "attributes.status != 'FINISHED'", order_by=["attributes.start_time DESC"],
+                              max_results=1) if found else []
+    if not runs or not tune.Tuner.can_restore(runs[0].data.tags.get(PATH_TAG, "")):
+        raise SpecError(f"no interrupted run of sweep {sweep.name!r} to resume in experiment {experiment!r}",
+                        field="--resume", file=sweep.file)
+    return runs[0].info.run_id, runs[0].data.tags[PATH_TAG]
+
+
+def _close_stopped_trials(tracking_uri: str, experiment_id: str, parent_run_id: str) -> list:
+    """Trials the scheduler stopped end without closing their nested run: mark those ``KILLED``. Returns every
+    nested run, as closed."""
+    client = MlflowClient(tracking_uri)
+    query = f"tags.`mlflow.parentRunId` = '{parent_run_id}'"
+    for run in client.search_runs([experiment_id], f"{query} and attributes.status = 'RUNNING'"):
+        client.set_terminated(run.info.run_id, "KILLED")
+    return client.search_runs([experiment_id], query)
+
+
+def _publish_best(grid: tune.ResultGrid, sweep: SweepSpec, document: dict[str, Any], prepared: PreparedData,
+                  tracking_uri: str, experiment_id: str, progress: Progress) -> dict[str, Any]:
+    """Package and register the best finished trial's last checkpoint, from its nested run."""
+    metric, mode = sweep.objective
+    best = grid.get_best_result(metric=metric, mode=mode, scope="last", filter_nan_and_inf=True)
+    if best is None or best.metrics is None or "checkpoint_path" not in best.metrics:
+        raise RaylineError(f"no trial reported {metric!r} with a checkpoint: nothing to publish")
+    config = {path: best.config[path] for path in sweep.search_space}
+    spec = trial_spec(document, config)
+    client = MlflowClient(tracking_uri)
+    [run] = client.search_runs([experiment_id], f"tags.`{TRIAL_TAG}` = '{best.metrics['trial_id']}'")
+    metrics = run.data.metrics
+    if spec.promotion[0] not in metrics:
+        raise RaylineError(f"the best trial ({run.info.run_name}) ended before its test evaluation: nothing to "
+                           f"compare at the promotion gate")
+    model_uri = package(spec, prepared, Checkpoint(best.metrics["checkpoint_path"]), run.info.run_id)
+    version, decision = register(spec, tracking_uri, model_uri, metrics)
+    progress("register", f"{spec.tracking.model_name} version {version} from trial {run.info.run_name}; "
+             f"{decision.reason}")
+    return {"config": config, "metrics": metrics, "run_id": run.info.run_id,
+            "model_uri": f"models:/{spec.tracking.model_name}/{version}", "promotion": decision}

@@ -1,0 +1,136 @@
+"""A small ASHA sweep on digits against the session platform: trials are real Train jobs, the cluster's CPUs bound
+how many run at once, ASHA stops the weak ones early, every trial has a nested MLflow run, and the best trial's model
+is registered."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+import rayline
+from conftest import PIPELINES, ROOT, run_cli
+from rayline.cluster.processes import wait_until
+
+pytestmark = pytest.mark.slow
+LEARNING_RATES = [0.01, 0.003, 1e-5, 3e-5]  # two that learn, two that barely move: ASHA has something to stop
+EPOCHS = 4
+
+
+@pytest.fixture(scope="module")
+def sweep(platform: rayline.Platform, tmp_path_factory: pytest.TempPathFactory) -> tuple[rayline.SweepResult, str]:
+    name = f"t{tmp_path_factory.mktemp('sweep').name[-8:]}"
+    spec = tmp_path_factory.mktemp("tuning") / "sweep.yaml"
+    spec.write_text(yaml.safe_dump({
+        "name": "digits-sweep-test",
+        "pipeline": str(PIPELINES / "digits.yaml"),
+        "overrides": {"train.epochs": EPOCHS, "model.params.hidden": 32, "tracking.experiment": name,
+                      "tracking.model_name": name, "train.scaling.num_workers": 1},
+        "search_space": {"train.lr": f"grid({LEARNING_RATES})"},
+        "scheduler": {"type": "asha", "grace_period": 1, "reduction_factor": 2},
+        "metric": "val_accuracy", "mode": "max", "num_samples": 1,
+    }))
+    result = rayline.tune(spec, ray_address=platform.ray_address, tracking_uri=platform.tracking_uri,
+                          storage_uri=platform.storage_uri)
+    return result, name
+
+
+def test_every_trial_ran_and_asha_stopped_one_early(sweep: tuple[rayline.SweepResult, str]) -> None:
+    result, _ = sweep
+    trials = result.trials
+    assert sorted(trials["config/train.lr"]) == sorted(LEARNING_RATES)
+    assert trials["training_iteration"].max() == EPOCHS
+    assert (trials["training_iteration"] < EPOCHS).any(), trials[["config/train.lr", "training_iteration"]]
+
+
+def test_concurrency_never_exceeded_what_the_cluster_holds(sweep: tuple[rayline.SweepResult, str],
+                                                           platform: rayline.Platform) -> None:
+    """From the trial timelines: a 1-worker trial takes 1.1 CPUs (its actor and its worker), so the 4-CPU test
+    cluster holds 3 at once."""
+    trials = sweep[0].trials
+    spans = [(row.timestamp - row.time_total_s, row.timestamp) for row in trials.itertuples()]
+    overlap = max(sum(1 for start, end in spans if start <= moment < end) for moment, _ in spans)
+    assert 1 <= overlap <= 3
+
+
+def test_nested_runs_and_the_best_model(sweep: tuple[rayline.SweepResult, str], mlflow_client) -> None:
+    result, name = sweep
+    experiment = mlflow_client.get_experiment_by_name(name)
+    children = mlflow_client.search_runs([experiment.experiment_id],
+                                         f"tags.`mlflow.parentRunId` = '{result.parent_run_id}'")
+    assert sorted(float(run.data.params["train.lr"]) for run in children) == sorted(LEARNING_RATES)
+    assert all(run.data.metrics.get("train_loss") is not None for run in children)
+    best = result.best
+    assert best["config"]["train.lr"] in (0.01, 0.003)
+    version = best["model_uri"].rsplit("/", 1)[1]
+    assert mlflow_client.get_model_version(name, version).run_id == best["run_id"]
+    assert best["promotion"].promoted  # the first version of a new model takes the alias
+    parent = mlflow_client.get_run(result.parent_run_id)
+    assert parent.info.status == "FINISHED"
+    assert {"trials.csv", "trials.png"} <= {a.path for a in mlflow_client.list_artifacts(result.parent_run_id)}
+    statuses = {run.data.params["train.lr"]: run.info.status for run in children}
+    assert set(statuses.values()) <= {"FINISHED", "KILLED"} and "KILLED" in statuses.values()
+
+
+def test_a_tuned_data_field_is_refused(platform: rayline.Platform, tmp_path: Path) -> None:
+    spec = tmp_path / "sweep.yaml"
+    spec.write_text(yaml.safe_dump({
+        "name": "bad", "pipeline": str(PIPELINES / "digits.yaml"),
+        "search_space": {"data.split.seed": "choice([1, 2])"}, "num_samples": 1}))
+    with pytest.raises(rayline.SpecError, match="prepared once"):
+        rayline.tune(spec, ray_address=platform.ray_address, tracking_uri=platform.tracking_uri,
+                     storage_uri=platform.storage_uri)
+
+
+def test_a_killed_sweep_resumes_without_rerunning_finished_trials(platform: rayline.Platform, state_dir: Path,
+                                                                   tmp_path: Path, mlflow_client) -> None:
+    name = f"t{tmp_path.name[-8:]}"
+    spec = tmp_path / "sweep.yaml"
+    spec.write_text(yaml.safe_dump({
+        "name": f"resume-{name}", "pipeline": str(PIPELINES / "digits.yaml"),
+        "overrides": {"train.epochs": 2, "model.params.hidden": 32, "tracking.experiment": name,
+                      "tracking.model_name": name, "train.scaling.num_workers": 1},
+        "search_space": {"train.lr": f"grid({LEARNING_RATES})"}, "max_concurrent_trials": 1, "num_samples": 1}))
+    command = [str(Path(sys.executable).with_name("rayline")), "tune", str(spec), "--state-dir", str(state_dir)]
+    driver = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
+
+    def children(status: str | None = None) -> list:
+        experiment = mlflow_client.get_experiment_by_name(name)
+        runs = mlflow_client.search_runs([experiment.experiment_id], "tags.`rayline.trial` != ''") if experiment else []
+        return [run for run in runs if status is None or run.info.status == status]
+
+    def terminated_in_tune_state() -> set[str]:
+        """Trials Ray Tune's saved experiment state records as finished: what a resume keeps."""
+        experiment = mlflow_client.get_experiment_by_name(name)
+        parents = mlflow_client.search_runs([experiment.experiment_id], "tags.`rayline.sweep` != ''") \
+            if experiment else []
+        states = sorted(Path(parents[0].data.tags["rayline.tune_path"]).glob("experiment_state-*.json")) \
+            if parents else []
+        try:
+            trials = [json.loads(state) for state, _ in json.loads(states[-1].read_text())["trial_data"]]
+        except (IndexError, OSError, ValueError):  # not written yet, or being written
+            return set()
+        return {trial["trial_id"] for trial in trials if trial["status"] == "TERMINATED"}
+
+    finished_ids: set[str] = set()
+    try:
+        wait_until(lambda: bool(finished_ids.update(terminated_in_tune_state()) or finished_ids)
+                   or driver.poll() is not None, 300, "a finished trial in Tune's state")
+        assert driver.poll() is None, "the sweep ended before it could be interrupted"
+    finally:
+        driver.kill()
+        driver.wait()
+    finished = {run.info.run_id: run.info.end_time for run in children("FINISHED")
+                if run.data.tags["rayline.trial"] in finished_ids}
+    assert finished and len(finished) < len(LEARNING_RATES)
+
+    done = run_cli("tune", str(spec), "--resume", state_dir=state_dir)
+    assert done.returncode == 0, done.stderr[-3000:]
+    runs = children()
+    assert sorted(float(run.data.params["train.lr"]) for run in runs) == sorted(LEARNING_RATES)  # one run each
+    assert all(run.info.status == "FINISHED" for run in runs)
+    assert {run.info.run_id: run.info.end_time for run in runs if run.info.run_id in finished} == finished
