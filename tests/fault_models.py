@@ -84,3 +84,21 @@ class SlowMLP(MLP):
         if self.training:
             time.sleep(self.step_s)
         return super().forward(features)
+
+
+class NanFromEpochMLP(MLP):
+    """An MLP whose outputs turn NaN from its ``nan_from_epoch``-th training epoch on (counted as FaultOnceMLP does)."""
+
+    def __init__(self, num_features: int, num_outputs: int, nan_from_epoch: int, **params) -> None:
+        super().__init__(num_features, num_outputs, **params)
+        self.nan_from_epoch = nan_from_epoch
+        self.epoch = -1
+
+    def train(self, mode: bool = True) -> NanFromEpochMLP:
+        if mode:
+            self.epoch += 1
+        return super().train(mode)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        outputs = super().forward(features)
+        return outputs * float("nan") if self.training and self.epoch >= self.nan_from_epoch else outputs

@@ -134,3 +134,56 @@ def test_a_killed_sweep_resumes_without_rerunning_finished_trials(platform: rayl
     assert sorted(float(run.data.params["train.lr"]) for run in runs) == sorted(LEARNING_RATES)  # one run each
     assert all(run.info.status == "FINISHED" for run in runs)
     assert {run.info.run_id: run.info.end_time for run in runs if run.info.run_id in finished} == finished
+
+
+def _sweep_file(tmp_path: Path, name: str, model: dict, search_space: dict, workers: int = 1, **fields) -> Path:
+    spec = tmp_path / "sweep.yaml"
+    spec.write_text(yaml.safe_dump({
+        "name": f"faults-{name}", "pipeline": str(PIPELINES / "digits.yaml"),
+        "overrides": {"train.epochs": 3, "model": model, "preprocess": [], "tracking.experiment": name,
+                      "tracking.model_name": name, "train.scaling.num_workers": workers},
+        "search_space": search_space, "num_samples": 1, **fields}))
+    return spec
+
+
+def test_a_trial_whose_loss_goes_nan_is_stopped_and_marked(platform: rayline.Platform, tmp_path: Path,
+                                                           mlflow_client) -> None:
+    name = f"t{tmp_path.name[-8:]}"
+    spec = _sweep_file(tmp_path, name, {"name": "fault_models:NanFromEpochMLP", "params": {"hidden": [32]}},
+                       {"model.params.nan_from_epoch": "grid([1, 99])"})
+    result = rayline.tune(spec, ray_address=platform.ray_address, tracking_uri=platform.tracking_uri,
+                          storage_uri=platform.storage_uri)
+    runs = {int(run.data.params["model.params.nan_from_epoch"]): run for run in mlflow_client.search_runs(
+        [mlflow_client.get_experiment_by_name(name).experiment_id], "tags.`rayline.trial` != ''")}
+    assert runs[1].info.status == "KILLED" and runs[1].data.tags["rayline.stopped"] == "train_loss is not finite"
+    assert len(mlflow_client.get_metric_history(runs[1].info.run_id, "train_loss")) < 3  # stopped before the end
+    assert runs[99].info.status == "FINISHED"  # the other trial went on unharmed, and is the one published
+    assert result.best["config"] == {"model.params.nan_from_epoch": 99}
+
+
+def test_a_trial_whose_worker_crashes_restores_from_its_checkpoint(platform: rayline.Platform, tmp_path: Path,
+                                                                   mlflow_client) -> None:
+    name = f"t{tmp_path.name[-8:]}"
+    model = {"name": "fault_models:FaultOnceMLP", "params": {
+        "marker": str(tmp_path / "fault"), "at_epoch": 2, "fault": "kill", "storage": platform.storage_uri,
+        "hidden": [32]}}
+    spec = _sweep_file(tmp_path, name, model, {"train.lr": "grid([0.01, 0.003])"}, workers=2,
+                       max_concurrent_trials=1)
+    rayline.tune(spec, ray_address=platform.ray_address, tracking_uri=platform.tracking_uri,
+                 storage_uri=platform.storage_uri)
+    assert (tmp_path / "fault").read_text().startswith("kill ")  # one trial's rank 1 really died
+    runs = mlflow_client.search_runs([mlflow_client.get_experiment_by_name(name).experiment_id],
+                                     "tags.`rayline.trial` != ''")
+    assert [run.info.status for run in runs] == ["FINISHED", "FINISHED"]
+    assert sorted(run.data.metrics.get("resumed_from_epoch", -1) for run in runs) == [-1, 1]
+
+
+def test_a_trial_that_can_never_be_placed_is_refused_before_the_sweep(platform: rayline.Platform,
+                                                                      tmp_path: Path, mlflow_client) -> None:
+    name = f"t{tmp_path.name[-8:]}"
+    spec = _sweep_file(tmp_path, name, {"name": "mlp"}, {"train.scaling.num_workers": "choice([1, 64])"})
+    with pytest.raises(rayline.SpecError, match="never fit") as caught:
+        rayline.tune(spec, ray_address=platform.ray_address, tracking_uri=platform.tracking_uri,
+                     storage_uri=platform.storage_uri)
+    assert caught.value.field == "train.scaling.num_workers"
+    assert mlflow_client.get_experiment_by_name(name) is None  # nothing started, nothing logged

@@ -31,6 +31,7 @@ from rayline.tune.report import log_trials
 TRIAL_CPU = 0.1  # the trial's own actor, which drives its Train job (Tune refuses an empty bundle)
 TRIAL_TAG = "rayline.trial"
 SWEEP_TAG = "rayline.sweep"
+STOPPED_TAG = "rayline.stopped"
 PATH_TAG = "rayline.tune_path"  # where Ray Tune keeps the sweep's state, for --resume
 SHARED_PREFIXES = ("data.", "preprocess")  # prepared once per sweep: not tunable
 
@@ -69,8 +70,19 @@ def _trial(config: dict[str, Any], document: dict[str, Any], prepared: PreparedD
     except BaseException:
         client.set_terminated(run_id, "FAILED")
         raise
-    tracking.log_metrics(tracking_uri, run_id, outcome.test_metrics)
+    resumed = {} if outcome.resumed_from_epoch is None else {"resumed_from_epoch": outcome.resumed_from_epoch}
+    tracking.log_metrics(tracking_uri, run_id, {**outcome.test_metrics, **resumed})
     client.set_terminated(run_id, "FINISHED")
+
+
+class NonFiniteLoss(tune.Stopper):
+    """Stop a trial whose training loss is NaN or infinite: it cannot recover, and must not hold workers."""
+
+    def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
+        return not math.isfinite(result.get("train_loss", 0.0))
+
+    def stop_all(self) -> bool:
+        return False
 
 
 def _scheduler(sweep: SweepSpec, epochs: int) -> Any:
@@ -145,11 +157,13 @@ def run_sweep(sweep: SweepSpec, platform: Platform, progress: Progress | None = 
                                             scheduler=_scheduler(sweep, base.train.epochs),
                                             time_budget_s=sweep.time_budget_s),
                 run_config=tune.RunConfig(name=path.rsplit("/", 1)[1], storage_path=path.rsplit("/", 1)[0],
-                                          verbose=0),
+                                          stop=NonFiniteLoss(), verbose=0),
             )
         grid = tuner.fit()
         trials = grid.get_dataframe()
-        children = _close_stopped_trials(uri, experiment_id, parent)
+        nonfinite = {result.metrics["trial_id"] for result in grid
+                     if result.metrics and not math.isfinite(result.metrics.get("train_loss", 0.0))}
+        children = _close_stopped_trials(uri, experiment_id, parent, nonfinite)
         best = _publish_best(grid, sweep, document, prepared, uri, experiment_id, progress)
         log_trials(uri, parent, children, trials, metric)
         tracking.end_run(uri, parent)
@@ -174,12 +188,14 @@ def _interrupted(tracking_uri: str, experiment: str, sweep: SweepSpec) -> tuple[
     return runs[0].info.run_id, runs[0].data.tags[PATH_TAG]
 
 
-def _close_stopped_trials(tracking_uri: str, experiment_id: str, parent_run_id: str) -> list:
-    """Trials the scheduler stopped end without closing their nested run: mark those ``KILLED``. Returns every
-    nested run, as closed."""
+def _close_stopped_trials(tracking_uri: str, experiment_id: str, parent_run_id: str, nonfinite: set[str]) -> list:
+    """Trials that were stopped end without closing their nested run: mark those ``KILLED`` and say why in the
+    tag ``rayline.stopped`` (the scheduler, or a loss that went NaN/infinite). Returns every nested run."""
     client = MlflowClient(tracking_uri)
     query = f"tags.`mlflow.parentRunId` = '{parent_run_id}'"
     for run in client.search_runs([experiment_id], f"{query} and attributes.status = 'RUNNING'"):
+        why = "train_loss is not finite" if run.data.tags[TRIAL_TAG] in nonfinite else "by the scheduler"
+        client.set_tag(run.info.run_id, STOPPED_TAG, why)
         client.set_terminated(run.info.run_id, "KILLED")
     return client.search_runs([experiment_id], query)
 
