@@ -163,6 +163,7 @@ class SweepSpec(Strict):
     mode: Literal["max", "min"] | None = Field(
         None, description="default: max for *accuracy, min for *loss and *rmse; required for other metrics")
     num_samples: int = Field(1, ge=1, description="trials sampled (times the grid, if any)")
+    seed: int | None = Field(None, description="seeds the sampling: the same seed draws the same configurations")
     time_budget_s: float | None = Field(None, gt=0, description="the sweep stops every trial after this")
     max_concurrent_trials: int | None = Field(None, ge=1, description="default: what the cluster can hold")
     _file: str | None = PrivateAttr(None)

@@ -15,6 +15,7 @@ from mlflow import MlflowClient
 from ray import tune
 from ray.train import Checkpoint
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining
+from ray.tune.search.basic_variant import BasicVariantGenerator
 
 from rayline import tracking
 from rayline.cluster import Platform, check_placeable
@@ -153,6 +154,7 @@ def run_sweep(sweep: SweepSpec, platform: Platform, progress: Progress | None = 
                 trainable,
                 param_space={path: domain.to_tune() for path, domain in sweep.search_space.items()},
                 tune_config=tune.TuneConfig(metric=metric, mode=mode, num_samples=sweep.num_samples,
+                                            search_alg=BasicVariantGenerator(random_state=sweep.seed),
                                             max_concurrent_trials=concurrency,
                                             scheduler=_scheduler(sweep, base.train.epochs),
                                             time_budget_s=sweep.time_budget_s),
