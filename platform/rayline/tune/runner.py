@@ -195,10 +195,11 @@ def _close_stopped_trials(tracking_uri: str, experiment_id: str, parent_run_id: 
     tag ``rayline.stopped`` (the scheduler, or a loss that went NaN/infinite). Returns every nested run."""
     client = MlflowClient(tracking_uri)
     query = f"tags.`mlflow.parentRunId` = '{parent_run_id}'"
-    for run in client.search_runs([experiment_id], f"{query} and attributes.status = 'RUNNING'"):
-        why = "train_loss is not finite" if run.data.tags[TRIAL_TAG] in nonfinite else "by the scheduler"
-        client.set_tag(run.info.run_id, STOPPED_TAG, why)
-        client.set_terminated(run.info.run_id, "KILLED")
+    for run in client.search_runs([experiment_id], query):
+        nan = run.data.tags[TRIAL_TAG] in nonfinite  # its Train job may have ended FAILED while being stopped
+        if nan or run.info.status == "RUNNING":
+            client.set_tag(run.info.run_id, STOPPED_TAG, "train_loss is not finite" if nan else "by the scheduler")
+            client.set_terminated(run.info.run_id, "KILLED")
     return client.search_runs([experiment_id], query)
 
 
