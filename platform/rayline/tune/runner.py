@@ -165,7 +165,8 @@ def run_sweep(sweep: SweepSpec, platform: Platform, progress: Progress | None = 
         trials = grid.get_dataframe()
         nonfinite = {result.metrics["trial_id"] for result in grid
                      if result.metrics and not math.isfinite(result.metrics.get("train_loss", 0.0))}
-        children = _close_stopped_trials(uri, experiment_id, parent, nonfinite)
+        errored = {result.metrics["trial_id"] for result in grid if result.error and result.metrics}
+        children = _close_stopped_trials(uri, experiment_id, parent, nonfinite, errored)
         best = _publish_best(grid, sweep, document, prepared, uri, experiment_id, progress)
         log_trials(uri, parent, children, trials, metric)
         tracking.end_run(uri, parent)
@@ -190,14 +191,16 @@ def _interrupted(tracking_uri: str, experiment: str, sweep: SweepSpec) -> tuple[
     return runs[0].info.run_id, runs[0].data.tags[PATH_TAG]
 
 
-def _close_stopped_trials(tracking_uri: str, experiment_id: str, parent_run_id: str, nonfinite: set[str]) -> list:
+def _close_stopped_trials(tracking_uri: str, experiment_id: str, parent_run_id: str, nonfinite: set[str],
+                          errored: set[str]) -> list:
     """Trials that were stopped end without closing their nested run: mark those ``KILLED`` and say why in the
     tag ``rayline.stopped`` (the scheduler, or a loss that went NaN/infinite). Returns every nested run."""
     client = MlflowClient(tracking_uri)
     query = f"tags.`mlflow.parentRunId` = '{parent_run_id}'"
     for run in client.search_runs([experiment_id], query):
-        nan = run.data.tags[TRIAL_TAG] in nonfinite  # its Train job may have ended FAILED while being stopped
-        if nan or run.info.status == "RUNNING":
+        nan = run.data.tags[TRIAL_TAG] in nonfinite
+        # a stopped trial's Train job may have ended FAILED while being stopped: Tune says whether it erred
+        if run.info.status != "FINISHED" and run.data.tags[TRIAL_TAG] not in errored:
             client.set_tag(run.info.run_id, STOPPED_TAG, "train_loss is not finite" if nan else "by the scheduler")
             client.set_terminated(run.info.run_id, "KILLED")
     return client.search_runs([experiment_id], query)
