@@ -255,24 +255,31 @@ def test_a_slow_body_gets_408_while_other_requests_are_served(endpoints: dict[st
     url = httpx.URL(endpoints["open"].url)
     head = (f"POST /v1/models/{MODEL}/predict HTTP/1.1\r\nHost: {url.host}\r\nContent-Type: application/json\r\n"
             f"Content-Length: 10000\r\n\r\n{{\"instances\": [").encode()
-    answer = b""
     with socket.create_connection((url.host, url.port), timeout=1) as slow:
         slow.sendall(head)
         started = time.monotonic()
         normal = client.post(f"/v1/models/{MODEL}/predict", json={"instances": rows.head(2).to_dict(orient="records")})
         assert [p["prediction"] for p in normal.json()["predictions"]] == offline[:2]
-        while not answer and time.monotonic() - started < BODY_TIMEOUT_S + 10:
-            with contextlib.suppress(TimeoutError):
-                answer = slow.recv(4096)
-            with contextlib.suppress(OSError):  # the server may have closed its side already
-                slow.sendall(b" ")
-        took = time.monotonic() - started
-        with contextlib.suppress(OSError):  # the rest of the answer (its body may come in a later segment)
-            while chunk := slow.recv(4096):
-                answer += chunk
+        answer, took = _trickle_until_answered(slow, b" ", started, BODY_TIMEOUT_S + 10)
     assert answer.startswith(b"HTTP/1.1 408"), answer[:300]
     assert b"body not received" in answer and took < BODY_TIMEOUT_S + 10
     assert client.get("/readyz").status_code == 200
+
+
+def _trickle_until_answered(slow: socket.socket, byte: bytes, started: float, deadline_s: float) -> tuple[bytes, float]:
+    """Send ``byte`` about once a second until the server answers or ``deadline_s`` passes; return the whole answer
+    (its body may come in a later segment) and the seconds from ``started`` to its first bytes."""
+    answer = b""
+    while not answer and time.monotonic() - started < deadline_s:
+        with contextlib.suppress(TimeoutError):
+            answer = slow.recv(4096)
+        with contextlib.suppress(OSError):  # the server may have closed its side already
+            slow.sendall(byte)
+    took = time.monotonic() - started
+    with contextlib.suppress(OSError):
+        while chunk := slow.recv(4096):
+            answer += chunk
+    return answer, took
 
 
 HEADER_TIMEOUT_S = 10  # `timeout http-request` that cluster/haproxy_loopback.py gives the platform's HAProxy
@@ -282,16 +289,9 @@ def test_slow_headers_get_408_from_the_ingress(endpoints: dict[str, rayline.Endp
     """Slowloris on the headers: a request line and headers trickled a byte a second are cut off by HAProxy with a
     408 once its header deadline has passed, instead of holding the connection for an hour."""
     url = httpx.URL(endpoints["open"].url)
-    answer = b""
     with socket.create_connection((url.host, url.port), timeout=1) as slow:
         slow.sendall(f"POST /v1/models/{MODEL}/predict HTTP/1.1\r\nHost: {url.host}\r\n".encode())
-        started = time.monotonic()
-        while not answer and time.monotonic() - started < HEADER_TIMEOUT_S + 10:
-            with contextlib.suppress(TimeoutError):
-                answer = slow.recv(4096)
-            with contextlib.suppress(OSError):  # the server may have closed its side already
-                slow.sendall(b"X")
-        took = time.monotonic() - started
+        answer, took = _trickle_until_answered(slow, b"X", time.monotonic(), HEADER_TIMEOUT_S + 10)
     assert answer.startswith(b"HTTP/1.1 408"), answer[:300]
     assert took < HEADER_TIMEOUT_S + 10
     assert client.get("/readyz").status_code == 200
