@@ -146,8 +146,7 @@ def _tracked_run(spec: PipelineSpec, platform: Platform, prepared: PreparedData,
 
     progress("package", "logging the model (weights + preprocessor + signature)")
     with clock.stage("packaging"):
-        resumed = {} if outcome.resumed_from_epoch is None else {"resumed_from_epoch": outcome.resumed_from_epoch}
-        tracking.log_metrics(uri, run_id, {**metrics, **resumed})
+        tracking.log_metrics(uri, run_id, {**metrics, **outcome.resume_metrics})
         model_uri = package(spec, prepared, outcome.checkpoint, run_id)
     name = spec.tracking.model_name
     with clock.stage("registration"):

@@ -50,6 +50,11 @@ class TrainOutcome:
     wall_s: float
     stages: dict[str, float]
 
+    @property
+    def resume_metrics(self) -> dict[str, float]:
+        """``{"resumed_from_epoch": n}`` after a restart from a checkpoint, else nothing: what the MLflow run logs."""
+        return {} if self.resumed_from_epoch is None else {"resumed_from_epoch": self.resumed_from_epoch}
+
 
 def fit(spec: PipelineSpec, prepared: PreparedData, storage_uri: str, run_name: str,
         tracking_uri: str | None = None, run_id: str | None = None,

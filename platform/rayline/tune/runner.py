@@ -71,8 +71,7 @@ def _trial(config: dict[str, Any], document: dict[str, Any], prepared: PreparedD
     except BaseException:
         client.set_terminated(run_id, "FAILED")
         raise
-    resumed = {} if outcome.resumed_from_epoch is None else {"resumed_from_epoch": outcome.resumed_from_epoch}
-    tracking.log_metrics(tracking_uri, run_id, {**outcome.test_metrics, **resumed})
+    tracking.log_metrics(tracking_uri, run_id, {**outcome.test_metrics, **outcome.resume_metrics})
     client.set_terminated(run_id, "FINISHED")
 
 
