@@ -4,13 +4,17 @@ is registered."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
 import rayline
-from conftest import PIPELINES
+from conftest import PIPELINES, ROOT, run_cli
+from rayline.cluster.processes import wait_until
 
 pytestmark = pytest.mark.slow
 LEARNING_RATES = [0.01, 0.003, 1e-5, 3e-5]  # two that learn, two that barely move: ASHA has something to stop
@@ -128,6 +132,56 @@ def test_a_trial_whose_worker_crashes_restores_from_its_checkpoint(platform: ray
     assert [run.info.status for run in runs] == ["FINISHED", "FINISHED"]
     untouched, restored = sorted(run.data.metrics.get("resumed_from_epoch", -1) for run in runs)
     assert untouched == -1 and restored >= 0  # from a checkpoint, not scratch (exact epoch: test_faults_training)
+
+
+def test_a_killed_sweep_resumes_without_rerunning_finished_trials(platform: rayline.Platform, state_dir: Path,
+                                                                   tmp_path: Path, mlflow_client) -> None:
+    """The driver is killed once Ray Tune's saved state records a trial as finished; ``--resume`` runs the rest,
+    and the finished trial's nested run is untouched (same run, same end time: it did not run again)."""
+    name = f"t{tmp_path.name[-8:]}"
+    spec = _sweep_file(tmp_path, name, {"name": "mlp", "params": {"hidden": [32]}},
+                       {"train.lr": f"grid({LEARNING_RATES})"}, max_concurrent_trials=1)
+    command = [str(Path(sys.executable).with_name("rayline")), "tune", str(spec), "--state-dir", str(state_dir)]
+    driver = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
+
+    def children(status: str | None = None) -> list:
+        experiment = mlflow_client.get_experiment_by_name(name)
+        runs = mlflow_client.search_runs([experiment.experiment_id], "tags.`rayline.trial` != ''") if experiment else []
+        return [run for run in runs if status is None or run.info.status == status]
+
+    def terminated_in_tune_state() -> set[str]:
+        """Trials Ray Tune's saved experiment state records as finished: what a resume keeps."""
+        experiment = mlflow_client.get_experiment_by_name(name)
+        parents = mlflow_client.search_runs([experiment.experiment_id], "tags.`rayline.sweep` != ''") \
+            if experiment else []
+        states = sorted(Path(parents[0].data.tags["rayline.tune_path"]).glob("experiment_state-*.json")) \
+            if parents else []
+        try:
+            trials = [json.loads(state) for state, _ in json.loads(states[-1].read_text())["trial_data"]]
+        except (IndexError, OSError, ValueError):  # not written yet, or being written
+            return set()
+        return {trial["trial_id"] for trial in trials if trial["status"] == "TERMINATED"}
+
+    finished_ids: set[str] = set()
+    try:
+        wait_until(lambda: bool(finished_ids.update(terminated_in_tune_state()) or finished_ids)
+                   or driver.poll() is not None, 300, "a finished trial in Tune's state")
+        assert driver.poll() is None, "the sweep ended before it could be interrupted"
+    finally:
+        driver.kill()
+        driver.wait()
+    finished = {run.info.run_id: run.info.end_time for run in children("FINISHED")
+                if run.data.tags["rayline.trial"] in finished_ids}
+    assert finished and len(finished) < len(LEARNING_RATES)
+
+    done = run_cli("tune", str(spec), "--resume", state_dir=state_dir)
+    assert done.returncode == 0, done.stderr[-3000:]
+    runs = children()
+    assert sorted(float(run.data.params["train.lr"]) for run in runs) == sorted(LEARNING_RATES)  # one run each
+    assert all(run.info.status == "FINISHED" for run in runs)
+    assert {run.info.run_id: run.info.end_time for run in runs if run.info.run_id in finished} == finished
+    for run_id in finished:  # one epoch each: trained once, not again after the resume
+        assert len(mlflow_client.get_metric_history(run_id, "epoch_s")) == 3
 
 
 def test_a_trial_that_can_never_be_placed_is_refused_before_the_sweep(platform: rayline.Platform,

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import mlflow
 import pandas as pd
+from mlflow import MlflowClient
 from mlflow.models import infer_signature
 
 
@@ -17,13 +18,16 @@ def log_pyfunc(run_id: str, entry_file: str, artifacts: dict[str, str], input_ex
     """Log the pyfunc defined by ``entry_file`` (models-from-code) into ``run_id``; return its model URI.
 
     Integer input columns are declared as doubles, so a request with a missing value still passes
-    MLflow's schema enforcement (the preprocessor imputes or rejects it, not the signature).
+    MLflow's schema enforcement (the preprocessor imputes or rejects it, not the signature). A run that had
+    already ended (a sweep's best trial) keeps its status and end time.
     """
     integers = input_example.select_dtypes("integer").columns
     input_example = input_example.astype(dict.fromkeys(integers, "float64"))
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer", category=UserWarning)
         signature = infer_signature(input_example, output_example)
+    client = MlflowClient()
+    ended = client.get_run(run_id).info
     with mlflow.start_run(run_id=run_id):
         info = mlflow.pyfunc.log_model(
             name="model",
@@ -34,4 +38,6 @@ def log_pyfunc(run_id: str, entry_file: str, artifacts: dict[str, str], input_ex
             code_paths=[str(p) for p in code_paths],
             pip_requirements=list(pip_requirements),
         )
+    if ended.end_time is not None:  # start_run reopened it, and ending the block stamped a new end time
+        client.set_terminated(run_id, ended.status, end_time=ended.end_time)
     return info.model_uri
