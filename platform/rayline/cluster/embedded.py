@@ -88,9 +88,10 @@ def _ray_env(state_dir: Path, tracking_uri: str, ingress: str) -> dict[str, str]
     GCS, raylet, workers, agents and metrics servers, which bind loopback only when the node IP is loopback,
     listen on every interface. The platform is a single node, which is all that setting gives up.
     ``MLFLOW_TRACKING_URI``: Serve configs deployed with Ray's own CLI find the registry.
+    ``MLFLOW_DISABLE_TELEMETRY``: see ``rayline/__init__.py``; here for processes that import MLflow first.
     """
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
-           "MLFLOW_TRACKING_URI": tracking_uri, **_ingress_env(ingress)}
+           "MLFLOW_TRACKING_URI": tracking_uri, "MLFLOW_DISABLE_TELEMETRY": "true", **_ingress_env(ingress)}
     if ingress == "haproxy":
         env["RAY_SERVE_HAPROXY_BINARY_PATH"] = _loopback_haproxy(state_dir)
     return env
