@@ -252,7 +252,11 @@ def test_overrides_the_pipeline_refuses_name_the_override(tmp_path: Path) -> Non
     ({"scheduler": {"type": "asha", "grace_perod": 2}}, "scheduler.grace_perod"),
     ({"scheduler": {"type": "asha", "grace_period": 11}}, "scheduler.grace_period"),  # above train.epochs
     ({"scheduler": {"type": "pbt"}}, "scheduler.perturbation_interval"),
-    ({"scheduler": {"type": "pbt", "perturbation_interval": 10}}, "scheduler.perturbation_interval"),
+    ({"scheduler": {"type": "pbt", "perturbation_interval": 10, "hyperparam_mutations": ["train.lr"]}},
+     "scheduler.perturbation_interval"),
+    ({"scheduler": {"type": "pbt", "perturbation_interval": 3, "hyperparam_mutations": ["train.lr"]},
+      "overrides": {"train.checkpoint_every": 2}}, "scheduler.perturbation_interval"),  # no checkpoint at epoch 3
+    ({"scheduler": {"type": "pbt", "perturbation_interval": 2}}, "scheduler.hyperparam_mutations"),  # the model
     ({"scheduler": {"type": "pbt", "perturbation_interval": 2, "hyperparam_mutations": ["train.momentum"]}},
      "scheduler.hyperparam_mutations"),
     ({"scheduler": {"type": "pbt", "perturbation_interval": 2, "hyperparam_mutations": []}},

@@ -5,6 +5,8 @@ is registered."""
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -49,17 +51,18 @@ def test_every_trial_ran_and_asha_stopped_one_early(sweep: tuple[rayline.SweepRe
 
 def test_concurrency_never_exceeded_what_the_cluster_holds(sweep: tuple[rayline.SweepResult, str],
                                                            mlflow_client) -> None:
-    """From the trials' training timelines (first epoch's start to last epoch's end, from the epoch metrics each
-    nested run holds): a 1-worker trial takes 1.1 CPUs (its actor and its worker), so the 4-CPU test cluster
-    trains at most 3 at once."""
+    """From the trials' timelines (a nested run starts with its trial; a finished trial ends with its run, a stopped
+    one with its last epoch): a 1-worker trial takes 1.1 CPUs (its actor and its worker), so the 4-CPU test cluster
+    runs 3 at once, and the fourth starts when one has ended."""
     result, name = sweep
     spans = []
     for run in mlflow_client.search_runs([mlflow_client.get_experiment_by_name(name).experiment_id],
                                          f"tags.`mlflow.parentRunId` = '{result.parent_run_id}'"):
-        epochs = sorted(mlflow_client.get_metric_history(run.info.run_id, "epoch_s"), key=lambda m: m.step)
-        spans.append((epochs[0].timestamp / 1000 - epochs[0].value, epochs[-1].timestamp / 1000))
+        epochs = mlflow_client.get_metric_history(run.info.run_id, "epoch_s")
+        end = run.info.end_time if run.info.status == "FINISHED" else max(m.timestamp for m in epochs)
+        spans.append((run.info.start_time, end))
     overlap = max(sum(1 for start, end in spans if start <= moment < end) for moment, _ in spans)
-    assert 1 <= overlap <= 3
+    assert overlap == 3, spans
 
 
 def test_nested_runs_and_the_best_model(sweep: tuple[rayline.SweepResult, str], mlflow_client) -> None:
@@ -77,6 +80,7 @@ def test_nested_runs_and_the_best_model(sweep: tuple[rayline.SweepResult, str], 
     parent = mlflow_client.get_run(result.parent_run_id)
     assert parent.info.status == "FINISHED"
     assert {"trials.csv", "trials.png"} <= {a.path for a in mlflow_client.list_artifacts(result.parent_run_id)}
+    assert not any(run.info.run_name.startswith("_") for run in children)  # the plot's legend hides such labels
     statuses = {run.data.params["train.lr"]: run.info.status for run in children}
     assert set(statuses.values()) <= {"FINISHED", "KILLED"} and "KILLED" in statuses.values()
 
@@ -91,11 +95,12 @@ def test_a_tuned_data_field_is_refused(platform: rayline.Platform, tmp_path: Pat
                      storage_uri=platform.storage_uri)
 
 
-def _sweep_file(tmp_path: Path, name: str, model: dict, search_space: dict, workers: int = 1, **fields) -> Path:
+def _sweep_file(tmp_path: Path, name: str, model: dict, search_space: dict, workers: int = 1, epochs: int = 3,
+                **fields) -> Path:
     spec = tmp_path / "sweep.yaml"
     spec.write_text(yaml.safe_dump({
         "name": f"faults-{name}", "pipeline": str(PIPELINES / "digits.yaml"),
-        "overrides": {"train.epochs": 3, "model": model, "preprocess": [], "tracking.experiment": name,
+        "overrides": {"train.epochs": epochs, "model": model, "preprocess": [], "tracking.experiment": name,
                       "tracking.model_name": name, "train.scaling.num_workers": workers},
         "search_space": search_space, "num_samples": 1, **fields}))
     return spec
@@ -132,6 +137,27 @@ def test_a_trial_whose_worker_crashes_restores_from_its_checkpoint(platform: ray
     assert [run.info.status for run in runs] == ["FINISHED", "FINISHED"]
     untouched, restored = sorted(run.data.metrics.get("resumed_from_epoch", -1) for run in runs)
     assert untouched == -1 and restored >= 0  # from a checkpoint, not scratch (exact epoch: test_faults_training)
+
+
+def test_pbt_copies_the_better_trials_checkpoint_into_the_weaker_one(platform: rayline.Platform, tmp_path: Path,
+                                                                     mlflow_client) -> None:
+    """Two trials, one learning and one barely moving: at a perturbation the weaker trial goes on from the better
+    one's checkpoint with its config (lr from the grid, weight decay resampled), in its own nested run."""
+    name = f"t{tmp_path.name[-8:]}"
+    spec = _sweep_file(tmp_path, name, {"name": "mlp", "params": {"hidden": [32]}},
+                       {"train.lr": "grid([0.01, 1e-5])", "train.weight_decay": "uniform(0, 1e-6)"},
+                       scheduler={"type": "pbt", "perturbation_interval": 2}, seed=0, epochs=6)
+    result = rayline.tune(spec, ray_address=platform.ray_address, tracking_uri=platform.tracking_uri,
+                          storage_uri=platform.storage_uri)
+    runs = {float(run.data.params["train.lr"]): run for run in mlflow_client.search_runs(
+        [mlflow_client.get_experiment_by_name(name).experiment_id], "tags.`rayline.trial` != ''")}
+    assert sorted(runs) == [1e-5, 0.01] and all(run.info.status == "FINISHED" for run in runs.values())
+    weak, strong = runs[1e-5], runs[0.01]
+    assert "rayline.started_from" in weak.data.tags, weak.data.tags  # it went on from a Tune checkpoint...
+    assert strong.data.tags["rayline.trial"] in weak.data.tags["rayline.started_from"]  # ...the strong trial's
+    assert json.loads(weak.data.tags["rayline.config"])["train.lr"] == 0.01  # with the strong trial's lr
+    assert weak.data.metrics["test_accuracy"] > 0.5  # far beyond what lr 1e-5 reaches in 6 epochs
+    assert (result.trials["training_iteration"] == 6).all()
 
 
 def test_a_killed_sweep_resumes_without_rerunning_finished_trials(platform: rayline.Platform, state_dir: Path,
@@ -182,6 +208,35 @@ def test_a_killed_sweep_resumes_without_rerunning_finished_trials(platform: rayl
     assert {run.info.run_id: run.info.end_time for run in runs if run.info.run_id in finished} == finished
     for run_id in finished:  # one epoch each: trained once, not again after the resume
         assert len(mlflow_client.get_metric_history(run_id, "epoch_s")) == 3
+
+
+def test_a_sweep_submitted_as_a_ray_job_uses_the_platform(platform: rayline.Platform, tmp_path: Path,
+                                                          mlflow_client) -> None:
+    """``ray job submit --working-dir DIR -- rayline tune sweep.yaml``: the job's driver finds the platform's Ray,
+    MLflow and storage in the cluster's environment, and its sweep is tracked like any other."""
+    name = f"t{tmp_path.name[-8:]}"
+    job_dir = tmp_path / "job"
+    job_dir.mkdir()
+    shutil.copy(PIPELINES / "digits.yaml", job_dir / "digits.yaml")
+    (job_dir / "sweep.yaml").write_text(yaml.safe_dump({
+        "name": f"job-{name}", "pipeline": "digits.yaml",  # relative: resolved inside the job's working dir
+        "overrides": {"train.epochs": 2, "model.params.hidden": 32, "tracking.experiment": name,
+                      "tracking.model_name": name, "train.scaling.num_workers": 1},
+        "search_space": {"train.lr": "grid([0.01, 0.003])"}, "num_samples": 1}))
+    bin_dir = Path(sys.executable).parent
+    submitted = subprocess.run(
+        [str(bin_dir / "ray"), "job", "submit", "--address", platform.dashboard_url, "--working-dir", str(job_dir),
+         "--", str(bin_dir / "rayline"), "tune", "sweep.yaml"],
+        env={**os.environ, "RAY_AUTH_MODE": "token"}, capture_output=True, text=True, timeout=600)
+    assert submitted.returncode == 0, submitted.stdout[-3000:] + submitted.stderr[-2000:]
+    assert "succeeded" in submitted.stdout, submitted.stdout[-3000:]
+    experiment = mlflow_client.get_experiment_by_name(name).experiment_id
+    [parent] = mlflow_client.search_runs([experiment], f"tags.`rayline.sweep` = 'job-{name}'")
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["rayline.tune_path"].startswith(platform.storage_uri)  # not the job's working dir
+    children = mlflow_client.search_runs([experiment], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    assert sorted(run.info.status for run in children) == ["FINISHED", "FINISHED"]
+    assert mlflow_client.get_registered_model(name).latest_versions  # the best trial was registered
 
 
 def test_a_trial_that_can_never_be_placed_is_refused_before_the_sweep(platform: rayline.Platform,

@@ -89,9 +89,12 @@ def _ray_env(state_dir: Path, tracking_uri: str, ingress: str) -> dict[str, str]
     listen on every interface. The platform is a single node, which is all that setting gives up.
     ``MLFLOW_TRACKING_URI``: Serve configs deployed with Ray's own CLI find the registry.
     ``MLFLOW_DISABLE_TELEMETRY``: see ``rayline/__init__.py``; here for processes that import MLflow first.
+    ``RAYLINE_STORAGE``: a job submitted with ``ray job submit`` keeps its checkpoints and sweep state in the
+    platform's storage, not in its own working directory.
     """
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
-           "MLFLOW_TRACKING_URI": tracking_uri, "MLFLOW_DISABLE_TELEMETRY": "true", **_ingress_env(ingress)}
+           "MLFLOW_TRACKING_URI": tracking_uri, "MLFLOW_DISABLE_TELEMETRY": "true",
+           "RAYLINE_STORAGE": str(state_dir.resolve() / "storage"), **_ingress_env(ingress)}
     if ingress == "haproxy":
         env["RAY_SERVE_HAPROXY_BINARY_PATH"] = _loopback_haproxy(state_dir)
     return env

@@ -1,4 +1,5 @@
-"""Refuse resource requests the cluster can never place, before any worker starts."""
+"""What the cluster can hold: refuse resource requests it can never place, before any worker starts, and count
+how many of a footprint fit at once."""
 
 from __future__ import annotations
 
@@ -38,3 +39,20 @@ def check_placeable(scaling: ScalingSpec, nodes: list[dict[str, float]] | None =
     if sum(per_node) < scaling.num_workers:
         raise SpecError(f"{scaling.num_workers} workers of {bundle} never fit: the cluster holds at most "
                         f"{sum(per_node)}", field="train.scaling.num_workers")
+
+
+def capacity() -> dict[str, float]:
+    """The most the cluster can hold at once: the autoscaler's maximum (every node type at its ``max_workers``)
+    where the cluster has one, else the alive nodes' total resources."""
+    from ray._private.state import state  # as Ray Train's own pre-placement check reads the autoscaler's maximum
+
+    totals = ray.cluster_resources()
+    most = state.get_max_resources_from_cluster_config() or {}
+    return {name: max(totals.get(name, 0.0), float(most.get(name, 0.0))) for name in {*totals, *most}}
+
+
+def how_many_fit(footprint: dict[str, float], available: dict[str, float]) -> int:
+    """How many copies of ``footprint`` fit in ``available`` at once (by resource totals)."""
+    return min((math.floor(available.get(name, 0.0) / amount + 1e-9) for name, amount in footprint.items()
+                if amount > 0), default=0)
+

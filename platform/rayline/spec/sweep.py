@@ -129,6 +129,9 @@ class AshaScheduler(Strict):
     reduction_factor: float = Field(2.0, gt=1.0, description="keep the best 1/reduction_factor at each rung")
 
 
+PBT_MUTABLE = ("train.lr", "train.weight_decay", "train.batch_size")  # what a checkpoint's training can go on with
+
+
 class PbtScheduler(Strict):
     """Population-based training: every ``perturbation_interval`` epochs, the worse trials copy a better one's
     checkpoint and resample some of its hyperparameters."""
@@ -137,7 +140,8 @@ class PbtScheduler(Strict):
     perturbation_interval: int = Field(ge=1, description="epochs between perturbations")
     hyperparam_mutations: list[str] | None = Field(
         None, min_length=1,
-        description="search-space paths resampled on a perturbation; default: every one that is not a grid")
+        description=f"search-space paths resampled on a perturbation, among {', '.join(PBT_MUTABLE)}; default: "
+                    "every one that is not a grid")
 
 
 Scheduler = Annotated[FifoScheduler | AshaScheduler | PbtScheduler, Field(discriminator="type")]
@@ -187,7 +191,12 @@ class SweepSpec(Strict):
         for path in paths or []:
             if path not in mutable:
                 raise SpecError(f"{path!r} is not a non-grid domain of the search space", field=field)
-        return mutable if paths is None else paths
+        chosen = mutable if paths is None else paths
+        for path in chosen:
+            if path not in PBT_MUTABLE:
+                raise SpecError(f"pbt can only resample {', '.join(PBT_MUTABLE)}: a perturbed trial goes on from "
+                                f"another's checkpoint, which {path!r} would not fit", field=field)
+        return chosen
 
     @property
     def file(self) -> str | None:
@@ -249,14 +258,18 @@ def _search_space_problems(sweep: SweepSpec, base_document: Mapping[str, Any]) -
     return problems
 
 
-def _scheduler_problems(sweep: SweepSpec, epochs: int) -> list[SpecProblem]:
-    """A scheduler that does not fit ``train.epochs`` (its ``max_t``)."""
-    scheduler = sweep.scheduler
+def _scheduler_problems(sweep: SweepSpec, pipeline: PipelineSpec) -> list[SpecProblem]:
+    """A scheduler that does not fit ``train.epochs`` (its ``max_t``); PBT perturbing between checkpoints."""
+    scheduler, epochs, every = sweep.scheduler, pipeline.train.epochs, pipeline.train.checkpoint_every
     if isinstance(scheduler, AshaScheduler) and scheduler.grace_period > epochs:
         return [SpecProblem("scheduler.grace_period", f"exceeds train.epochs ({epochs}), the scheduler's max_t")]
     if isinstance(scheduler, PbtScheduler) and scheduler.perturbation_interval >= epochs:
         return [SpecProblem("scheduler.perturbation_interval",
                             f"must be below train.epochs ({epochs}), or nothing is ever perturbed")]
+    if isinstance(scheduler, PbtScheduler) and scheduler.perturbation_interval % every:
+        return [SpecProblem("scheduler.perturbation_interval",
+                            f"must be a multiple of train.checkpoint_every ({every}): a perturbed trial starts from "
+                            "the better trial's checkpoint of that epoch")]
     return []
 
 
@@ -284,7 +297,7 @@ def resolve_sweep(sweep: SweepSpec) -> tuple[dict[str, Any], PipelineSpec]:
                  for field, message in err.problems]
         raise _error(moved, sweep.file) from None
     document = base.model_dump(mode="json")
-    problems = _search_space_problems(sweep, document) + _scheduler_problems(sweep, base.train.epochs)
+    problems = _search_space_problems(sweep, document) + _scheduler_problems(sweep, base)
     try:
         check_metric(sweep, base)
     except SpecError as err:

@@ -58,10 +58,11 @@ class TrainOutcome:
 
 def fit(spec: PipelineSpec, prepared: PreparedData, storage_uri: str, run_name: str,
         tracking_uri: str | None = None, run_id: str | None = None,
-        callbacks: Sequence[UserCallback] = ()) -> TrainOutcome:
+        callbacks: Sequence[UserCallback] = (), start_from: Checkpoint | None = None) -> TrainOutcome:
     """Train ``spec.model`` on ``prepared`` with ``spec.train.scaling`` workers; checkpoints go under storage.
 
-    ``callbacks`` join Ray Train's (a sweep's trial passes Ray Tune's report callback)."""
+    ``callbacks`` join Ray Train's (a sweep's trial passes one that reports to Ray Tune). ``start_from``: the
+    weights, optimizer state and epoch to start from when run ``run_name`` has no checkpoint of its own."""
     config = LoopConfig(
         model=spec.model.model_dump(),
         train=spec.train.model_dump(),
@@ -71,6 +72,7 @@ def fit(spec: PipelineSpec, prepared: PreparedData, storage_uri: str, run_name: 
         num_outputs=prepared.preprocessor.num_outputs,
         splits=list(prepared.datasets),
         presharded=sorted(prepared.materialized),
+        start_from=_uri(start_from) if start_from else None,
     )
     scaling = spec.train.scaling
     datasets, data_config = _worker_datasets(prepared, scaling.num_workers)
@@ -110,6 +112,12 @@ def fit(spec: PipelineSpec, prepared: PreparedData, storage_uri: str, run_name: 
         wall_s=time.perf_counter() - started,
         stages=_stages(value["timings"], started_at, finished_at),
     )
+
+
+def _uri(checkpoint: Checkpoint) -> str:
+    """Where ``checkpoint`` is, as a path (local) or a URI its filesystem resolves (s3://, gs://)."""
+    kind = checkpoint.filesystem.type_name if checkpoint.filesystem is not None else "local"
+    return checkpoint.path if kind == "local" else f"{kind}://{checkpoint.path}"
 
 
 def _explain(err: BaseException) -> str:

@@ -10,6 +10,7 @@ import ray.train
 import ray.train.torch
 import torch
 import torch.distributed as dist
+from ray.train import Checkpoint
 from torch import nn
 
 from rayline.data import FEATURES
@@ -31,6 +32,7 @@ class LoopConfig:
     num_outputs: int
     splits: list[str]
     presharded: list[str] = field(default_factory=list)  # splits that arrive as one dataset per rank
+    start_from: str | None = None  # a checkpoint (path or URI) to start from when the run has none of its own
 
 
 def _optimizer(spec: TrainSpec, model: nn.Module) -> torch.optim.Optimizer:
@@ -43,6 +45,11 @@ def _optimizer(spec: TrainSpec, model: nn.Module) -> torch.optim.Optimizer:
         case "sgd":
             return torch.optim.SGD(model.parameters(), momentum=0.9, **options)
     raise AssertionError(spec.optimizer)
+
+
+def _set_hyperparameters(optimizer: torch.optim.Optimizer, spec: TrainSpec) -> None:
+    for group in optimizer.param_groups:
+        group.update(lr=spec.lr, weight_decay=spec.weight_decay)
 
 
 class Scorer:
@@ -98,7 +105,8 @@ def evaluate(
 
 
 def train_loop(raw_config: dict[str, Any]) -> dict[str, Any]:
-    """Train for ``train.epochs`` epochs, resuming from the latest checkpoint; evaluate on the test split.
+    """Train for ``train.epochs`` epochs, resuming from the run's latest checkpoint (or ``start_from``'s);
+    evaluate on the test split.
 
     Metrics are reported every epoch; a checkpoint travels with the report on ``train.checkpoint_every``'s
     schedule and after the last epoch. Returns the test metrics, every epoch's metrics (``history``, carried
@@ -116,9 +124,10 @@ def train_loop(raw_config: dict[str, Any]) -> dict[str, Any]:
                                       config.num_outputs))
     optimizer = _optimizer(spec, model)  # after wrap: its state then lives on the worker's device
     start_epoch, resumed_from, history = 0, None, []
-    checkpoint = ray.train.get_checkpoint()
+    checkpoint = ray.train.get_checkpoint() or (Checkpoint(config.start_from) if config.start_from else None)
     if checkpoint is not None:
         meta = load_checkpoint(checkpoint, strategy.unwrap(model), optimizer)
+        _set_hyperparameters(optimizer, spec)  # the saved state carries its run's: PBT may have changed them
         resumed_from, history = int(meta["epoch"]), meta.get("history", [])
         start_epoch = resumed_from + 1
     timings = {"loop_entered_at": entered_at, "setup_s": time.time() - entered_at, "epochs_s": 0.0}

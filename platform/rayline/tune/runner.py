@@ -3,6 +3,8 @@ multi-worker Train job with a nested MLflow run; the best trial's model is publi
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import time
 from dataclasses import dataclass
@@ -10,7 +12,6 @@ from typing import Any
 
 import mlflow
 import pandas as pd
-import ray
 from mlflow import MlflowClient
 from ray import tune
 from ray.train import Checkpoint
@@ -19,7 +20,7 @@ from ray.tune.search.basic_variant import BasicVariantGenerator
 
 from rayline import tracking
 from rayline.cluster import Platform, check_placeable
-from rayline.cluster.resources import worker_bundle
+from rayline.cluster.resources import capacity, how_many_fit, worker_bundle
 from rayline.data import PreparedData, prepare
 from rayline.errors import RaylineError, SpecError
 from rayline.pipeline import Progress
@@ -28,11 +29,14 @@ from rayline.spec import PipelineSpec, SweepSpec, resolve_sweep, trial_spec
 from rayline.spec.sweep import AshaScheduler, PbtScheduler
 from rayline.train import fit
 from rayline.tune.report import log_trials
+from rayline.tune.reporting import CHECKPOINT_PATH, report_to_tune
 
 TRIAL_CPU = 0.1  # the trial's own actor, which drives its Train job (Tune refuses an empty bundle)
 TRIAL_TAG = "rayline.trial"
 SWEEP_TAG = "rayline.sweep"
 STOPPED_TAG = "rayline.stopped"
+CONFIG_TAG = "rayline.config"  # the config a restarted trial runs (PBT mutates it; params keep the first)
+STARTED_FROM_TAG = "rayline.started_from"  # the Tune checkpoint a restarted trial started from
 PATH_TAG = "rayline.tune_path"  # where Ray Tune keeps the sweep's state, for --resume
 SHARED_PREFIXES = ("data.", "preprocess")  # prepared once per sweep: not tunable
 
@@ -47,32 +51,50 @@ class SweepResult:
     wall_s: float
 
 
-def _trial(config: dict[str, Any], document: dict[str, Any], prepared: PreparedData, storage_uri: str,
+def trial(config: dict[str, Any], document: dict[str, Any], prepared: PreparedData, storage_uri: str,
            tracking_uri: str, experiment_id: str, parent_run_id: str) -> None:
     """One trial, in its Tune actor: the pipeline spec with ``config`` applied, trained on the shared data, with a
-    nested MLflow run holding its params, per-epoch metrics, test metrics and status."""
-    from ray.tune.integration.ray_train import TuneReportCallback
+    nested MLflow run holding its params, per-epoch metrics, test metrics and status.
 
+    It starts from Tune's checkpoint when there is one: a better trial's, copied by PBT, or its own latest when
+    a resumed sweep restores it. Each starting checkpoint gets a fresh Train run (Train would otherwise resume
+    that run's own latest checkpoint); within a run, a crashed worker restores from the run's checkpoints."""
     spec = trial_spec(document, config)
     context = tune.get_context()
     name = context.get_trial_name()
+    start = tune.get_checkpoint()
+    run_id = _nested_run(tracking_uri, experiment_id, parent_run_id, context.get_trial_id(), name, config, start)
+    run_name = f"{spec.name}-{name}" + (f"-from-{hashlib.sha256(start.path.encode()).hexdigest()[:8]}"
+                                          if start else "")
     client = MlflowClient(tracking_uri)
-    tags = {"mlflow.parentRunId": parent_run_id, TRIAL_TAG: context.get_trial_id()}
-    earlier = client.search_runs([experiment_id], " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items()))
-    if earlier:  # a resumed sweep: the trial goes on in its run (and from its Train checkpoint, same run name)
-        run_id = earlier[0].info.run_id
-        client.update_run(run_id, status="RUNNING")
-    else:
-        run_id = client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
-        tracking.log_params(tracking_uri, run_id, {path: str(value) for path, value in config.items()})
     try:
-        outcome = fit(spec, prepared, storage_uri, run_name=f"{spec.name}-{name}", tracking_uri=tracking_uri,
-                      run_id=run_id, callbacks=[TuneReportCallback()])
+        outcome = report_to_tune(lambda callback: fit(
+            spec, prepared, storage_uri, run_name=run_name, tracking_uri=tracking_uri, run_id=run_id,
+            callbacks=[callback], start_from=start))
     except BaseException:
         client.set_terminated(run_id, "FAILED")
         raise
     tracking.log_metrics(tracking_uri, run_id, {**outcome.test_metrics, **outcome.resume_metrics})
     client.set_terminated(run_id, "FINISHED")
+
+
+def _nested_run(tracking_uri: str, experiment_id: str, parent_run_id: str, trial_id: str, name: str,
+                config: dict[str, Any], start: Checkpoint | None) -> str:
+    """The trial's nested run: created with its sampled params, or, when the trial starts again (PBT, a resumed
+    sweep), the same run, with the config it now runs and the checkpoint it starts from as tags."""
+    client = MlflowClient(tracking_uri)
+    tags = {"mlflow.parentRunId": parent_run_id, TRIAL_TAG: trial_id}
+    earlier = client.search_runs([experiment_id], " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items()))
+    if not earlier:
+        run_id = client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
+        tracking.log_params(tracking_uri, run_id, {path: str(value) for path, value in config.items()})
+        return run_id
+    run_id = earlier[0].info.run_id
+    client.update_run(run_id, status="RUNNING")
+    client.set_tag(run_id, CONFIG_TAG, json.dumps(config, sort_keys=True))
+    if start is not None:
+        client.set_tag(run_id, STARTED_FROM_TAG, start.path)
+    return run_id
 
 
 class NonFiniteLoss(tune.Stopper):
@@ -100,15 +122,18 @@ def _scheduler(sweep: SweepSpec, epochs: int) -> Any:
 
 
 def _concurrency(sweep: SweepSpec, base: PipelineSpec, document: dict[str, Any]) -> int:
-    """How many trials the cluster holds at once: its CPUs over the largest trial's footprint (the trial actor
-    plus its workers), refusing a trial that can never be placed."""
+    """How many trials the cluster holds at once (the autoscaler's maximum where there is one): its resources over
+    the largest trial's footprint (the trial's actor plus its workers), refusing a trial that can never be placed.
+    Bounding by the largest trial keeps every running trial's workers placeable: trials never wait on each other."""
     largest = max((trial_spec(document, {path: value}) for path, domain in sweep.search_space.items()
                    for value in domain.samples() if path.startswith("train.scaling")),
                   key=lambda spec: spec.train.scaling.num_workers, default=base)
-    check_placeable(largest.train.scaling)
-    cpus = ray.cluster_resources().get("CPU", 0.0)
-    footprint = TRIAL_CPU + largest.train.scaling.num_workers * worker_bundle(largest.train.scaling).get("CPU", 0.0)
-    fits = max(1, math.floor(cpus / footprint + 1e-9))
+    scaling = largest.train.scaling
+    check_placeable(scaling)
+    footprint = {"CPU": TRIAL_CPU}
+    for name, amount in worker_bundle(scaling).items():
+        footprint[name] = footprint.get(name, 0.0) + scaling.num_workers * amount
+    fits = max(1, how_many_fit(footprint, capacity()))
     return min(fits, sweep.max_concurrent_trials or fits)
 
 
@@ -142,7 +167,7 @@ def run_sweep(sweep: SweepSpec, platform: Platform, progress: Progress | None = 
     metric, mode = sweep.objective
     try:
         trainable = tune.with_resources(tune.with_parameters(
-            _trial, document=document, prepared=prepared, storage_uri=platform.storage_uri, tracking_uri=uri,
+            trial, document=document, prepared=prepared, storage_uri=platform.storage_uri, tracking_uri=uri,
             experiment_id=experiment_id, parent_run_id=parent), {"cpu": TRIAL_CPU})
         if resume:
             progress("tune", f"resuming {path}: finished trials are kept")
@@ -152,9 +177,10 @@ def run_sweep(sweep: SweepSpec, platform: Platform, progress: Progress | None = 
             tuner = tune.Tuner(
                 trainable,
                 param_space={path: domain.to_tune() for path, domain in sweep.search_space.items()},
+                # the concurrency bound goes to the generator: Tune ignores max_concurrent_trials when given one
                 tune_config=tune.TuneConfig(metric=metric, mode=mode, num_samples=sweep.num_samples,
-                                            search_alg=BasicVariantGenerator(random_state=sweep.seed),
-                                            max_concurrent_trials=concurrency,
+                                            search_alg=BasicVariantGenerator(random_state=sweep.seed,
+                                                                             max_concurrent=concurrency),
                                             scheduler=_scheduler(sweep, base.train.epochs),
                                             time_budget_s=sweep.time_budget_s),
                 run_config=tune.RunConfig(name=path.rsplit("/", 1)[1], storage_path=path.rsplit("/", 1)[0],
@@ -210,7 +236,7 @@ def _publish_best(grid: tune.ResultGrid, sweep: SweepSpec, document: dict[str, A
     """Package and register the best finished trial's last checkpoint, from its nested run."""
     metric, mode = sweep.objective
     best = grid.get_best_result(metric=metric, mode=mode, scope="last", filter_nan_and_inf=True)
-    if best is None or best.metrics is None or "checkpoint_path" not in best.metrics:
+    if best is None or best.metrics is None or CHECKPOINT_PATH not in best.metrics:
         raise RaylineError(f"no trial reported {metric!r} with a checkpoint: nothing to publish")
     config = {path: best.config[path] for path in sweep.search_space}
     spec = trial_spec(document, config)
@@ -220,7 +246,7 @@ def _publish_best(grid: tune.ResultGrid, sweep: SweepSpec, document: dict[str, A
     if spec.promotion[0] not in metrics:
         raise RaylineError(f"the best trial ({run.info.run_name}) ended before its test evaluation: nothing to "
                            f"compare at the promotion gate")
-    model_uri = package(spec, prepared, Checkpoint(best.metrics["checkpoint_path"]), run.info.run_id)
+    model_uri = package(spec, prepared, Checkpoint(best.metrics[CHECKPOINT_PATH]), run.info.run_id)
     version, decision = register(spec, tracking_uri, model_uri, metrics)
     progress("register", f"{spec.tracking.model_name} version {version} from trial {run.info.run_name}; "
              f"{decision.reason}")
