@@ -18,7 +18,7 @@ import ray
 from ray.data.preprocessors import MinMaxScaler, Normalizer, OneHotEncoder, StandardScaler
 from torch import nn
 
-from rayline.cluster.resources import check_placeable, worker_bundle
+from rayline.cluster.resources import check_placeable, how_many_fit, worker_bundle
 from rayline.data.state_codec import _encode, dump_preprocessor, load_preprocessor
 from rayline.data.validate import check_schema
 from rayline.errors import SpecError
@@ -537,6 +537,17 @@ def test_worker_bundle() -> None:
 )
 def test_check_placeable_fits(scaling: ScalingSpec, nodes: list[dict[str, float]]) -> None:
     check_placeable(scaling, nodes=nodes)
+
+
+@pytest.mark.parametrize(("footprint", "available", "fits"), [
+    ({"CPU": 1.1}, {"CPU": 4.0}, 3),  # a sweep's 1-worker trials on the 4-CPU test cluster
+    ({"CPU": 2.1}, {"CPU": 2.0}, 0),
+    ({"CPU": 0.6}, {"CPU": 1.8}, 3),  # fractions that divide exactly are not lost to rounding
+    ({"CPU": 1.1, "GPU": 1.0}, {"CPU": 16.0, "GPU": 2.0}, 2),  # the scarcest resource decides
+    ({"CPU": 1.1, "GPU": 1.0}, {"CPU": 16.0}, 0),
+])
+def test_how_many_trials_fit(footprint: dict[str, float], available: dict[str, float], fits: int) -> None:
+    assert how_many_fit(footprint, available) == fits
 
 
 def test_check_placeable_too_many_workers() -> None:
