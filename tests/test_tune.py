@@ -213,7 +213,7 @@ def test_a_killed_sweep_resumes_without_rerunning_finished_trials(platform: rayl
 def test_a_sweep_submitted_as_a_ray_job_uses_the_platform(platform: rayline.Platform, tmp_path: Path,
                                                           mlflow_client) -> None:
     """``ray job submit --working-dir DIR -- rayline tune sweep.yaml``: the job's driver finds the platform's Ray,
-    MLflow and storage in the cluster's environment, and its sweep is tracked like any other."""
+    MLflow and storage in the cluster's environment, and its sweep (of streamed splits) is tracked like any other."""
     name = f"t{tmp_path.name[-8:]}"
     job_dir = tmp_path / "job"
     job_dir.mkdir()
@@ -221,7 +221,7 @@ def test_a_sweep_submitted_as_a_ray_job_uses_the_platform(platform: rayline.Plat
     (job_dir / "sweep.yaml").write_text(yaml.safe_dump({
         "name": f"job-{name}", "pipeline": "digits.yaml",  # relative: resolved inside the job's working dir
         "overrides": {"train.epochs": 2, "model.params.hidden": 32, "tracking.experiment": name,
-                      "tracking.model_name": name, "train.scaling.num_workers": 1},
+                      "tracking.model_name": name, "train.scaling.num_workers": 1, "data.cache": False},
         "search_space": {"train.lr": "grid([0.01, 0.003])"}, "num_samples": 1}))
     bin_dir = Path(sys.executable).parent
     submitted = subprocess.run(
@@ -230,6 +230,8 @@ def test_a_sweep_submitted_as_a_ray_job_uses_the_platform(platform: rayline.Plat
         env={**os.environ, "RAY_AUTH_MODE": "token"}, capture_output=True, text=True, timeout=600)
     assert submitted.returncode == 0, submitted.stdout[-3000:] + submitted.stderr[-2000:]
     assert "succeeded" in submitted.stdout, submitted.stdout[-3000:]
+    # streamed splits: a CPU stays free for Ray Data's tasks, so 2 trials of 1.1 CPUs fit in the 4-CPU cluster
+    assert "at most 2 trial(s) at once" in submitted.stdout, submitted.stdout[-3000:]
     experiment = mlflow_client.get_experiment_by_name(name).experiment_id
     [parent] = mlflow_client.search_runs([experiment], f"tags.`rayline.sweep` = 'job-{name}'")
     assert parent.info.status == "FINISHED"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -31,7 +32,12 @@ from rayline.train import fit
 from rayline.tune.report import log_trials
 from rayline.tune.reporting import CHECKPOINT_PATH, report_to_tune
 
+DATA_CPU = 1.0  # kept free for Ray Data's read tasks when the trials stream their splits
 TRIAL_CPU = 0.1  # the trial's own actor, which drives its Train job (Tune refuses an empty bundle)
+# Tune keeps a trial's latest checkpoints (what PBT copies and a resume restores), and saves the sweep's state
+# each time a trial has written that many: more often than Tune's "excessive" threshold, which is no concern here.
+TUNE_CHECKPOINTS = 2
+os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 TRIAL_TAG = "rayline.trial"
 SWEEP_TAG = "rayline.sweep"
 STOPPED_TAG = "rayline.stopped"
@@ -121,19 +127,28 @@ def _scheduler(sweep: SweepSpec, epochs: int) -> Any:
     return FIFOScheduler()
 
 
-def _concurrency(sweep: SweepSpec, base: PipelineSpec, document: dict[str, Any]) -> int:
-    """How many trials the cluster holds at once (the autoscaler's maximum where there is one): its resources over
-    the largest trial's footprint (the trial's actor plus its workers), refusing a trial that can never be placed.
-    Bounding by the largest trial keeps every running trial's workers placeable: trials never wait on each other."""
+def _largest_trial(sweep: SweepSpec, base: PipelineSpec, document: dict[str, Any]) -> PipelineSpec:
+    """The trial with the most workers the search space can draw; refused if the cluster can never place it."""
     largest = max((trial_spec(document, {path: value}) for path, domain in sweep.search_space.items()
                    for value in domain.samples() if path.startswith("train.scaling")),
                   key=lambda spec: spec.train.scaling.num_workers, default=base)
+    check_placeable(largest.train.scaling)
+    return largest
+
+
+def _concurrency(sweep: SweepSpec, largest: PipelineSpec, prepared: PreparedData) -> int:
+    """How many trials the cluster holds at once (the autoscaler's maximum where there is one): its resources over
+    the largest trial's footprint (the trial's actor plus its workers), less a CPU for Ray Data's tasks when the
+    splits are streamed. Bounding by the largest trial keeps every running trial's workers placeable, and the data
+    tasks always have a CPU: trials never wait on each other."""
     scaling = largest.train.scaling
-    check_placeable(scaling)
     footprint = {"CPU": TRIAL_CPU}
     for name, amount in worker_bundle(scaling).items():
         footprint[name] = footprint.get(name, 0.0) + scaling.num_workers * amount
-    fits = max(1, how_many_fit(footprint, capacity()))
+    available = capacity()
+    if not prepared.cached:
+        available["CPU"] = available.get("CPU", 0.0) - DATA_CPU
+    fits = max(1, how_many_fit(footprint, available))
     return min(fits, sweep.max_concurrent_trials or fits)
 
 
@@ -151,9 +166,10 @@ def run_sweep(sweep: SweepSpec, platform: Platform, progress: Progress | None = 
         raise SpecError("data and preprocessing are prepared once and shared by every trial: they cannot be "
                         "tuned", field=f"search_space.{shared[0]}", file=sweep.file)
     platform.init_ray()
-    concurrency = _concurrency(sweep, base, document)
-    progress("tune", f"{sweep.num_samples} sample(s), at most {concurrency} trial(s) at once")
+    largest = _largest_trial(sweep, base, document)
     prepared = prepare(base, platform.storage_uri)
+    concurrency = _concurrency(sweep, largest, prepared)
+    progress("tune", f"{sweep.num_samples} sample(s), at most {concurrency} trial(s) at once")
     uri = platform.tracking_uri
     mlflow.set_tracking_uri(uri)
     if resume:
@@ -184,7 +200,8 @@ def run_sweep(sweep: SweepSpec, platform: Platform, progress: Progress | None = 
                                             scheduler=_scheduler(sweep, base.train.epochs),
                                             time_budget_s=sweep.time_budget_s),
                 run_config=tune.RunConfig(name=path.rsplit("/", 1)[1], storage_path=path.rsplit("/", 1)[0],
-                                          stop=NonFiniteLoss(), verbose=0),
+                                          stop=NonFiniteLoss(), verbose=0,
+                                          checkpoint_config=tune.CheckpointConfig(num_to_keep=TUNE_CHECKPOINTS)),
             )
         grid = tuner.fit()
         trials = grid.get_dataframe()
