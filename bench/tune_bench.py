@@ -79,7 +79,8 @@ def main() -> None:
     platform = rayline.up(args.state_dir)
     try:
         fifo = sweep({"type": "fifo"}, args, platform, "fifo")
-        asha = sweep({"type": "asha", "grace_period": 1, "reduction_factor": 4}, args, platform, "asha")  # Tune defaults
+        tune_defaults = {"grace_period": 1, "reduction_factor": 4}
+        asha = sweep({"type": "asha", **tune_defaults}, args, platform, "asha")
     finally:
         import ray
 
