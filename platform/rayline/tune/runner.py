@@ -34,8 +34,9 @@ from rayline.tune.reporting import CHECKPOINT_PATH, report_to_tune
 
 DATA_CPU = 1.0  # kept free for Ray Data's read tasks when the trials stream their splits
 TRIAL_CPU = 0.1  # the trial's own actor, which drives its Train job (Tune refuses an empty bundle)
-# Tune keeps a trial's latest checkpoints (what PBT copies and a resume restores), and saves the sweep's state
-# each time a trial has written that many: more often than Tune's "excessive" threshold, which is no concern here.
+# Tune keeps a trial's latest checkpoints (what a resume restores), and saves the sweep's state each time a trial
+# has written that many: more often than Tune's "excessive" threshold, which is no concern here. Under PBT it keeps
+# them all: a weaker trial copies the checkpoint PBT chose at a perturbation, which later ones would have deleted.
 TUNE_CHECKPOINTS = 2
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 TRIAL_TAG = "rayline.trial"
@@ -181,6 +182,7 @@ def run_sweep(sweep: SweepSpec, platform: Platform, progress: Progress | None = 
         MlflowClient(uri).set_tag(parent, PATH_TAG, path)
     experiment_id = mlflow.get_run(parent).info.experiment_id
     metric, mode = sweep.objective
+    keep = None if isinstance(sweep.scheduler, PbtScheduler) else TUNE_CHECKPOINTS
     try:
         trainable = tune.with_resources(tune.with_parameters(
             trial, document=document, prepared=prepared, storage_uri=platform.storage_uri, tracking_uri=uri,
@@ -201,7 +203,7 @@ def run_sweep(sweep: SweepSpec, platform: Platform, progress: Progress | None = 
                                             time_budget_s=sweep.time_budget_s),
                 run_config=tune.RunConfig(name=path.rsplit("/", 1)[1], storage_path=path.rsplit("/", 1)[0],
                                           stop=NonFiniteLoss(), verbose=0,
-                                          checkpoint_config=tune.CheckpointConfig(num_to_keep=TUNE_CHECKPOINTS)),
+                                          checkpoint_config=tune.CheckpointConfig(num_to_keep=keep)),
             )
         grid = tuner.fit()
         trials = grid.get_dataframe()
