@@ -48,7 +48,7 @@ def test_shipped_tuning_specs_load(path: Path) -> None:
     assert sweep.file == str(path)
     assert sweep.pipeline == str(DIGITS)  # relative to the sweep file's directory
     assert sweep.objective == ("val_accuracy", "max")
-    assert sweep.num_samples == 8
+    assert sweep.num_samples == (3 if sweep.scheduler.type == "pbt" else 8)
     document, base = resolve_sweep(sweep)
     assert base.tracking.experiment == "digits-sweeps"  # the sweep's overrides
     assert document["tracking"]["experiment"] == "digits-sweeps" and document["train"]["epochs"] == 10
@@ -296,3 +296,16 @@ def test_sweep_spec_from_python_values() -> None:
     assert sweep.scheduler.type == "fifo" and sweep.num_samples == 1 and sweep.objective == ("val_accuracy", "max")
     document, _ = resolve_sweep(sweep)
     assert trial_spec(document, {"train.lr": 0.005}).train.lr == 0.005
+
+
+def test_pbt_leaves_a_trials_last_epoch_alone() -> None:
+    """At its last epoch a trial goes on to its test evaluation: PBT neither pauses nor replaces it there (it would
+    restart from another trial's final checkpoint with no epoch left to train)."""
+    from ray.tune.schedulers import TrialScheduler
+
+    from rayline.tune.runner import LastEpochKept
+
+    pbt = LastEpochKept(4, time_attr="training_iteration", perturbation_interval=2, metric="val_accuracy",
+                        mode="max", hyperparam_mutations={"train.lr": [0.1, 0.01]})
+    # decided before Ray's PBT looks the trial up (it knows no trial here, and would raise)
+    assert pbt.on_trial_result(None, None, {"training_iteration": 4}) == TrialScheduler.CONTINUE

@@ -101,11 +101,14 @@ def fit(spec: PipelineSpec, prepared: PreparedData, storage_uri: str, run_name: 
         raise TrainingFailed(f"training failed (up to {spec.train.max_failures} restart(s) allowed): "
                              f"{_explain(err)}") from err
     value: dict[str, Any] = result.return_value or {}
-    if result.error is not None or result.checkpoint is None or not value:
+    # a run started from a checkpoint of the last epoch (a sweep resumed during a trial's test evaluation) trains
+    # no epoch and reports no checkpoint: its model is the one it started from
+    checkpoint = result.checkpoint or (Checkpoint(start_from.path, start_from.filesystem) if start_from else None)
+    if result.error is not None or checkpoint is None or not value:
         raise TrainingFailed(f"training did not finish: {result.error or 'no checkpoint was reported'}")
     finished_at = time.time()
     return TrainOutcome(
-        checkpoint=result.checkpoint,
+        checkpoint=checkpoint,
         test_metrics={k: v for k, v in value["test"].items() if not k.endswith("_rows")},
         resumed_from_epoch=value["resumed_from_epoch"],
         history=value["history"],

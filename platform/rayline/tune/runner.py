@@ -16,7 +16,7 @@ import pandas as pd
 from mlflow import MlflowClient
 from ray import tune
 from ray.train import Checkpoint
-from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining, TrialScheduler
 from ray.tune.search.basic_variant import BasicVariantGenerator
 
 from rayline import tracking
@@ -122,10 +122,24 @@ def _scheduler(sweep: SweepSpec, epochs: int) -> Any:
             return ASHAScheduler(time_attr="training_iteration", max_t=epochs + 1, grace_period=grace,
                                  reduction_factor=factor)
         case PbtScheduler(perturbation_interval=interval, hyperparam_mutations=paths):
-            return PopulationBasedTraining(
-                time_attr="training_iteration", perturbation_interval=interval,
+            return LastEpochKept(
+                epochs, time_attr="training_iteration", perturbation_interval=interval,
                 hyperparam_mutations={path: sweep.search_space[path].to_tune() for path in paths or []})
     return FIFOScheduler()
+
+
+class LastEpochKept(PopulationBasedTraining):
+    """PBT that leaves a trial's last epoch alone: the trial goes on to its test evaluation, instead of being
+    replaced by another trial's checkpoint with no epoch left to train."""
+
+    def __init__(self, epochs: int, **options: Any) -> None:
+        super().__init__(**options)
+        self._epochs = epochs
+
+    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict[str, Any]) -> str:
+        if result.get(self._time_attr, 0) >= self._epochs:
+            return TrialScheduler.CONTINUE
+        return super().on_trial_result(tune_controller, trial, result)
 
 
 def _largest_trial(sweep: SweepSpec, base: PipelineSpec, document: dict[str, Any]) -> PipelineSpec:
