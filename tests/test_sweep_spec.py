@@ -291,6 +291,13 @@ def test_trial_spec_applies_a_sampled_config() -> None:
     assert caught.value.field == "train.lr"
 
 
+def test_num_trials_counts_every_grid_combination(tmp_path: Path) -> None:
+    sweep = load_sweep_spec(sweep_file(tmp_path, num_samples=2, search_space={
+        "train.lr": "grid([0.1, 0.01, 0.001])", "train.batch_size": "grid([32, 64])",
+        "model.params.hidden": "choice([32])"}))
+    assert sweep.num_trials == 2 * 3 * 2
+
+
 def test_sweep_spec_from_python_values() -> None:
     sweep = SweepSpec(name="s", pipeline=str(DIGITS), search_space={"train.lr": "uniform(0.001, 0.01)"})
     assert sweep.scheduler.type == "fifo" and sweep.num_samples == 1 and sweep.objective == ("val_accuracy", "max")
@@ -303,9 +310,9 @@ def test_pbt_leaves_a_trials_last_epoch_alone() -> None:
     restart from another trial's final checkpoint with no epoch left to train)."""
     from ray.tune.schedulers import TrialScheduler
 
-    from rayline.tune.runner import LastEpochKept
+    from rayline.tune.runner import PbtOverTrainJobs
 
-    pbt = LastEpochKept(4, time_attr="training_iteration", perturbation_interval=2, metric="val_accuracy",
+    pbt = PbtOverTrainJobs(4, 3, 3, time_attr="training_iteration", perturbation_interval=2, metric="val_accuracy",
                         mode="max", hyperparam_mutations={"train.lr": [0.1, 0.01]})
     # decided before Ray's PBT looks the trial up (it knows no trial here, and would raise)
     assert pbt.on_trial_result(None, None, {"training_iteration": 4}) == TrialScheduler.CONTINUE

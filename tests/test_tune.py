@@ -231,7 +231,7 @@ def test_a_sweep_submitted_as_a_ray_job_uses_the_platform(platform: rayline.Plat
     assert submitted.returncode == 0, submitted.stdout[-3000:] + submitted.stderr[-2000:]
     assert "succeeded" in submitted.stdout, submitted.stdout[-3000:]
     # streamed splits: a CPU stays free for Ray Data's tasks, so 2 trials of 1.1 CPUs fit in the 4-CPU cluster
-    assert "at most 2 trial(s) at once" in submitted.stdout, submitted.stdout[-3000:]
+    assert "2 trial(s), at most 2 at once" in submitted.stdout, submitted.stdout[-3000:]
     experiment = mlflow_client.get_experiment_by_name(name).experiment_id
     [parent] = mlflow_client.search_runs([experiment], f"tags.`rayline.sweep` = 'job-{name}'")
     assert parent.info.status == "FINISHED"

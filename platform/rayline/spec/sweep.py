@@ -204,6 +204,12 @@ class SweepSpec(Strict):
         return self._file
 
     @property
+    def num_trials(self) -> int:
+        """Trials the sweep runs: ``num_samples`` times every combination of its grid domains."""
+        return self.num_samples * math.prod(len(domain.args[0]) for domain in self.search_space.values()
+                                            if domain.kind == "grid")
+
+    @property
     def objective(self) -> tuple[str, Literal["max", "min"]]:
         """(metric, mode) the sweep optimises."""
         return self.metric, self.mode or ("max" if self.metric.endswith("accuracy") else "min")

@@ -114,7 +114,7 @@ class NonFiniteLoss(tune.Stopper):
         return False
 
 
-def _scheduler(sweep: SweepSpec, epochs: int) -> Any:
+def _scheduler(sweep: SweepSpec, epochs: int, concurrency: int) -> Any:
     match sweep.scheduler:
         case AshaScheduler(grace_period=grace, reduction_factor=factor):
             # max_t one past the last epoch: a trial that reaches it runs its test evaluation instead of being
@@ -122,24 +122,30 @@ def _scheduler(sweep: SweepSpec, epochs: int) -> Any:
             return ASHAScheduler(time_attr="training_iteration", max_t=epochs + 1, grace_period=grace,
                                  reduction_factor=factor)
         case PbtScheduler(perturbation_interval=interval, hyperparam_mutations=paths):
-            return LastEpochKept(
-                epochs, time_attr="training_iteration", perturbation_interval=interval,
+            return PbtOverTrainJobs(
+                epochs, concurrency, sweep.num_trials, time_attr="training_iteration", perturbation_interval=interval,
                 hyperparam_mutations={path: sweep.search_space[path].to_tune() for path in paths or []})
     return FIFOScheduler()
 
 
-class LastEpochKept(PopulationBasedTraining):
-    """PBT that leaves a trial's last epoch alone: the trial goes on to its test evaluation, instead of being
-    replaced by another trial's checkpoint with no epoch left to train."""
+class PbtOverTrainJobs(PopulationBasedTraining):
+    """Ray's PBT, for trials whose every restart starts a Train job (about 20 s on 2 cores).
 
-    def __init__(self, epochs: int, **options: Any) -> None:
+    A trial's last epoch is left alone: it goes on to its test evaluation, instead of being replaced by another
+    trial's checkpoint with no epoch left to train. And when every trial of the sweep has a slot, a trial at a
+    perturbation is not paused to let a pending one catch up (Ray's PBT pauses whenever another trial is pending
+    or paused, as one being restarted by an exploit is): the pending one starts anyway."""
+
+    def __init__(self, epochs: int, concurrency: int, num_trials: int, **options: Any) -> None:
         super().__init__(**options)
         self._epochs = epochs
+        self._multiplexed = num_trials > concurrency
 
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict[str, Any]) -> str:
         if result.get(self._time_attr, 0) >= self._epochs:
             return TrialScheduler.CONTINUE
-        return super().on_trial_result(tune_controller, trial, result)
+        decision = super().on_trial_result(tune_controller, trial, result)
+        return TrialScheduler.CONTINUE if decision == TrialScheduler.PAUSE and not self._multiplexed else decision
 
 
 def _largest_trial(sweep: SweepSpec, base: PipelineSpec, document: dict[str, Any]) -> PipelineSpec:
@@ -184,7 +190,7 @@ def run_sweep(sweep: SweepSpec, platform: Platform, progress: Progress | None = 
     largest = _largest_trial(sweep, base, document)
     prepared = prepare(base, platform.storage_uri)
     concurrency = _concurrency(sweep, largest, prepared)
-    progress("tune", f"{sweep.num_samples} sample(s), at most {concurrency} trial(s) at once")
+    progress("tune", f"{sweep.num_trials} trial(s), at most {concurrency} at once")
     uri = platform.tracking_uri
     mlflow.set_tracking_uri(uri)
     if resume:
@@ -213,7 +219,7 @@ def run_sweep(sweep: SweepSpec, platform: Platform, progress: Progress | None = 
                 tune_config=tune.TuneConfig(metric=metric, mode=mode, num_samples=sweep.num_samples,
                                             search_alg=BasicVariantGenerator(random_state=sweep.seed,
                                                                              max_concurrent=concurrency),
-                                            scheduler=_scheduler(sweep, base.train.epochs),
+                                            scheduler=_scheduler(sweep, base.train.epochs, concurrency),
                                             time_budget_s=sweep.time_budget_s),
                 run_config=tune.RunConfig(name=path.rsplit("/", 1)[1], storage_path=path.rsplit("/", 1)[0],
                                           stop=NonFiniteLoss(), verbose=0,
