@@ -29,7 +29,7 @@ from rayline.models import ALLOWED_MODULES_ENV, MLP, check_allowed
 from rayline.packaged.layout import MODEL_SPEC, WEIGHTS
 from rayline.packaged.model import LoadError, PackagedModel
 from rayline.spec import ModelSpec, ModelUri, load_service_spec
-from rayline.train.checkpoint import OPTIMIZER, load_checkpoint, read_weights, save_checkpoint
+from rayline.train.checkpoint import OPTIMIZER, TrainingState, read_checkpoint, read_weights, save_checkpoint
 
 ROOT = Path(__file__).parents[1]
 COLUMNS = ["a", "b"]
@@ -80,13 +80,17 @@ def checkpoint_dir(tmp_path: Path) -> Path:
     optimizer = torch.optim.Adam(model.parameters())
     model(torch.ones(3, len(COLUMNS))).sum().backward()
     optimizer.step()  # an optimizer state with tensors in it
-    save_checkpoint(directory, model.state_dict(), optimizer, epoch=2, history=[])
+    save_checkpoint(directory, TrainingState(model.state_dict(), optimizer.state_dict(), {"epoch": 2, "history": []}))
     return directory
 
 
 def _restore(directory: Path) -> dict[str, object]:
+    """Read the checkpoint and load it into a fresh model and optimizer; return its metadata."""
+    state = read_checkpoint(Checkpoint.from_directory(str(directory)))
     model = MLP(len(COLUMNS), 1, hidden=[4])
-    return load_checkpoint(Checkpoint.from_directory(str(directory)), model, torch.optim.Adam(model.parameters()))
+    model.load_state_dict(state.weights)
+    torch.optim.Adam(model.parameters()).load_state_dict(state.optimizer)
+    return state.meta
 
 
 def test_the_payload_would_run_code_if_unpickled(tmp_path: Path) -> None:

@@ -31,6 +31,11 @@ ROOT = Path(__file__).parents[1]
 DIGITS = ROOT / "pipelines" / "digits.yaml"
 
 
+@pytest.mark.parametrize("path", sorted((ROOT / "pipelines").glob("*.yaml")), ids=lambda path: path.name)
+def test_shipped_pipeline_specs_load(path: Path) -> None:
+    assert load_spec(path).name
+
+
 def write_spec(directory: Path, text: str, name: str = "spec.yaml") -> Path:
     path = directory / name
     path.write_text(text)

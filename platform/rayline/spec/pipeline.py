@@ -134,13 +134,24 @@ class TrainSpec(Strict):
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
     lr: float = Field(1e-3, gt=0.0)
     weight_decay: float = Field(0.0, ge=0.0)
-    strategy: Literal["ddp"] = "ddp"
+    strategy: Literal["ddp", "fsdp"] = Field(
+        "ddp", description="ddp: replicated weights; fsdp: parameters, gradients and optimizer state sharded "
+                           "across the workers (PyTorch FSDP2)")
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32", description="autocast dtype of the forward pass; fp16 (with a gradient scaler) needs a GPU")
+    grad_accum_steps: int = Field(1, ge=1, description="batches whose gradients add up before each step")
     scaling: ScalingSpec = ScalingSpec()
     checkpoint_every: int = Field(1, ge=1, description="checkpoint every N epochs (and after the last)")
     max_failures: int = Field(2, ge=0, description="worker-group restarts from the latest checkpoint")
     collective_timeout_s: int = Field(300, ge=1, description="a rank that waits this long in a collective "
                                                              "(a hung peer) fails the attempt")
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _fp16_on_gpu(self) -> TrainSpec:
+        if self.precision == "fp16" and not self.scaling.use_gpu:
+            raise ValueError("precision fp16 needs scaling.use_gpu (on CPU, use bf16)")
+        return self
 
 
 class CostSpec(Strict):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import pickle
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +24,21 @@ OPTIMIZER = "optimizer.pt"
 META = "meta.json"
 
 
-def save_checkpoint(directory: Path, weights: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer,
-                    epoch: int, history: list[dict[str, float]]) -> None:
-    """Write weights, optimizer state, the epoch and the metrics of every epoch so far into ``directory``."""
-    save_file(weights, str(directory / WEIGHTS))
-    torch.save(optimizer.state_dict(), directory / OPTIMIZER)
-    (directory / META).write_text(json.dumps({"epoch": epoch, "history": history}))
+@dataclass
+class TrainingState:
+    """What a checkpoint holds: full (unsharded) weights and optimizer state on CPU, and its metadata (``epoch``,
+    ``history``: the metrics of every epoch so far; ``strategy``: the parallelism that wrote the optimizer state)."""
+
+    weights: dict[str, torch.Tensor]
+    optimizer: dict[str, Any]
+    meta: dict[str, Any]
+
+
+def save_checkpoint(directory: Path, state: TrainingState) -> None:
+    """Write ``state`` into ``directory``: weights as safetensors, optimizer state with ``torch.save``."""
+    save_file(state.weights, str(directory / WEIGHTS))
+    torch.save(state.optimizer, directory / OPTIMIZER)
+    (directory / META).write_text(json.dumps(state.meta))
 
 
 def load_optimizer_state(path: Path) -> dict[str, Any]:
@@ -48,15 +58,12 @@ def _first_sentence(text: str) -> str:
     return (text.strip().splitlines() or [""])[0].split(". ")[0]
 
 
-def load_checkpoint(checkpoint: Checkpoint, model: torch.nn.Module,
-                    optimizer: torch.optim.Optimizer | None = None) -> dict[str, Any]:
-    """Restore ``model`` (and ``optimizer``) in place; return the checkpoint's metadata (``epoch``, ``history``)."""
+def read_checkpoint(checkpoint: Checkpoint) -> TrainingState:
+    """A checkpoint's training state, read safely (see :func:`load_optimizer_state`)."""
     with checkpoint.as_directory() as directory:
         root = Path(directory)
-        model.load_state_dict(load_safetensors(root / WEIGHTS))
-        if optimizer is not None:
-            optimizer.load_state_dict(load_optimizer_state(root / OPTIMIZER))
-        return json.loads((root / META).read_text())
+        return TrainingState(load_safetensors(root / WEIGHTS), load_optimizer_state(root / OPTIMIZER),
+                             json.loads((root / META).read_text()))
 
 
 def read_weights(checkpoint: Checkpoint) -> dict[str, torch.Tensor]:
@@ -65,15 +72,13 @@ def read_weights(checkpoint: Checkpoint) -> dict[str, torch.Tensor]:
         return load_safetensors(Path(directory) / WEIGHTS)
 
 
-def report_with_checkpoint(metrics: dict[str, float], write: bool, weights: dict[str, torch.Tensor] | None,
-                           optimizer: torch.optim.Optimizer, history: list[dict[str, float]]) -> None:
-    """``ray.train.report`` from every rank; the rank with ``write`` attaches the checkpoint (with ``history``,
-    the metrics of every epoch so far, the last one being ``metrics``)."""
+def report_with_checkpoint(metrics: dict[str, float], state: TrainingState | None) -> None:
+    """``ray.train.report`` from every rank; the rank holding ``state`` (rank 0) attaches it as the checkpoint."""
     import ray.train
 
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = None
-        if write and weights is not None:
-            save_checkpoint(Path(tmp), weights, optimizer, int(metrics["epoch"]), history)
+        if state is not None:
+            save_checkpoint(Path(tmp), state)
             checkpoint = Checkpoint.from_directory(tmp)
         ray.train.report(metrics, checkpoint=checkpoint)

@@ -16,7 +16,8 @@ from torch import nn
 from rayline.data import FEATURES
 from rayline.models import build_model
 from rayline.spec import ModelSpec, TrainSpec
-from rayline.train.checkpoint import load_checkpoint, report_with_checkpoint
+from rayline.train.checkpoint import read_checkpoint, report_with_checkpoint
+from rayline.train.precision import Stepper
 from rayline.train.strategy import get_strategy
 
 
@@ -114,8 +115,6 @@ def train_loop(raw_config: dict[str, Any]) -> dict[str, Any]:
     entered_at = time.time()
     config = LoopConfig(**raw_config)
     spec = TrainSpec.model_validate(config.train)
-    context = ray.train.get_context()
-    rank = context.get_world_rank()
     torch.manual_seed(spec.seed)
     device = ray.train.torch.get_device()
     strategy = get_strategy(spec.strategy)
@@ -126,10 +125,12 @@ def train_loop(raw_config: dict[str, Any]) -> dict[str, Any]:
     start_epoch, resumed_from, history = 0, None, []
     checkpoint = ray.train.get_checkpoint() or (Checkpoint(config.start_from) if config.start_from else None)
     if checkpoint is not None:
-        meta = load_checkpoint(checkpoint, strategy.unwrap(model), optimizer)
+        state = read_checkpoint(checkpoint)
+        strategy.restore(model, optimizer, state)
         _set_hyperparameters(optimizer, spec)  # the saved state carries its run's: PBT may have changed them
-        resumed_from, history = int(meta["epoch"]), meta.get("history", [])
+        resumed_from, history = int(state.meta["epoch"]), state.meta.get("history", [])
         start_epoch = resumed_from + 1
+    step = Stepper(spec, optimizer, device)
     timings = {"loop_entered_at": entered_at, "setup_s": time.time() - entered_at, "epochs_s": 0.0}
 
     for epoch in range(start_epoch, spec.epochs):
@@ -137,10 +138,10 @@ def train_loop(raw_config: dict[str, Any]) -> dict[str, Any]:
         model.train()
         scorer = Scorer(config.task, device)
         for batch in _batches("train", config, spec.batch_size, device):
-            loss = scorer.loss(model(batch[FEATURES]), batch[config.label])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            with step.autocast():
+                loss = scorer.loss(model(batch[FEATURES]), batch[config.label])
+            step.backward(loss)
+        step.flush()
         train_s = time.perf_counter() - started
         metrics = {"epoch": epoch, **scorer.result("train"), "epoch_train_s": train_s}
         metrics["samples_per_s"] = metrics["train_rows"] / max(train_s, 1e-9)
@@ -149,10 +150,10 @@ def train_loop(raw_config: dict[str, Any]) -> dict[str, Any]:
             metrics.update(evaluate(strategy.unwrap(model), "validation", config, spec.batch_size, device))
             metrics["epoch_val_s"] = time.perf_counter() - validated
         write = (epoch + 1) % spec.checkpoint_every == 0 or epoch == spec.epochs - 1
-        weights = strategy.state_dict(model) if write and rank == 0 else None
         metrics["epoch_s"] = time.perf_counter() - started
         history.append(metrics)
-        report_with_checkpoint(metrics, write and rank == 0, weights, optimizer, history)
+        state = strategy.state(model, optimizer, {"epoch": epoch, "history": history}) if write else None
+        report_with_checkpoint(metrics, state)
         timings["epochs_s"] += time.perf_counter() - started
 
     tested = time.perf_counter()

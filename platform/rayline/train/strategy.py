@@ -1,36 +1,59 @@
-"""Parallelism strategies: how the one train loop wraps a model and extracts its weights.
+"""Parallelism strategies: how the one train loop wraps a model and saves and restores its training state.
 
-A strategy changes wrapping and checkpointing, never the loop's shape. ``ddp`` is data parallel through
-Ray Train's ``prepare_model`` (gloo on CPU, nccl on GPU); model-parallel strategies plug in here.
+A strategy changes wrapping and checkpointing, never the loop's shape. ``ddp`` is data parallel through Ray
+Train's ``prepare_model`` (gloo on CPU, nccl on GPU); ``fsdp`` shards parameters, gradients and optimizer state
+with PyTorch's FSDP2 (``fully_shard``), which runs on gloo too (Ray's ``prepare_model(parallel_strategy="fsdp")``
+is FSDP1 and GPU-only). Both checkpoint full, unsharded state on rank 0, so a checkpoint resumes on any worker
+count and the registered model is a plain state_dict.
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
+import ray.train
 import ray.train.torch
 import torch
 from torch import nn
 
+from rayline.train.checkpoint import TrainingState
+
 
 class Strategy(Protocol):
     """What the train loop needs from a parallelism strategy."""
+
+    name: str
 
     def wrap(self, model: nn.Module) -> nn.Module:
         """Move to the worker's device and wrap for distributed training."""
         ...
 
     def unwrap(self, model: nn.Module) -> nn.Module:
-        """The plain module (for evaluation without collectives)."""
+        """The module to evaluate (every rank runs it on its own shard of the split, in step)."""
         ...
 
-    def state_dict(self, model: nn.Module) -> dict[str, torch.Tensor]:
-        """Full (unsharded) weights on CPU, for checkpoints and packaging."""
+    def state(self, model: nn.Module, optimizer: torch.optim.Optimizer,
+              meta: dict[str, Any]) -> TrainingState | None:
+        """Called on every rank at a checkpoint: rank 0 gets the full training state on CPU, the others None."""
         ...
+
+    def restore(self, model: nn.Module, optimizer: torch.optim.Optimizer, state: TrainingState) -> None:
+        """Load a checkpoint's full state into this rank's model and optimizer (every rank calls it)."""
+        ...
+
+
+def _cpu(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {name: tensor.detach().cpu().contiguous() for name, tensor in weights.items()}
+
+
+def _rank() -> int:
+    return ray.train.get_context().get_world_rank()
 
 
 class DataParallel:
     """Replicated weights, averaged gradients (DistributedDataParallel via ``prepare_model``)."""
+
+    name = "ddp"
 
     def wrap(self, model: nn.Module) -> nn.Module:
         return ray.train.torch.prepare_model(model)
@@ -38,11 +61,77 @@ class DataParallel:
     def unwrap(self, model: nn.Module) -> nn.Module:
         return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
-    def state_dict(self, model: nn.Module) -> dict[str, torch.Tensor]:
-        return {name: tensor.detach().cpu().contiguous() for name, tensor in self.unwrap(model).state_dict().items()}
+    def state(self, model: nn.Module, optimizer: torch.optim.Optimizer,
+              meta: dict[str, Any]) -> TrainingState | None:
+        if _rank() != 0:
+            return None
+        return TrainingState(_cpu(self.unwrap(model).state_dict()), optimizer.state_dict(),
+                             {**meta, "strategy": self.name})
+
+    def restore(self, model: nn.Module, optimizer: torch.optim.Optimizer, state: TrainingState) -> None:
+        _same_strategy(self.name, state)
+        self.unwrap(model).load_state_dict(state.weights)
+        optimizer.load_state_dict(state.optimizer)
 
 
-STRATEGIES: dict[str, type[Strategy]] = {"ddp": DataParallel}
+class FullyShardedDataParallel:
+    """Each rank holds a shard of every parameter, its gradient and its optimizer state (FSDP2). Every module
+    that owns parameters is a unit: its full parameters exist only during its forward and backward."""
+
+    name = "fsdp"
+
+    def wrap(self, model: nn.Module) -> nn.Module:
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import fully_shard
+
+        device = ray.train.torch.get_device()
+        model = model.to(device)
+        mesh = init_device_mesh(device.type, (ray.train.get_context().get_world_size(),))
+        for module in list(model.modules())[1:]:
+            if any(True for _ in module.parameters(recurse=False)):
+                fully_shard(module, mesh=mesh)
+        return fully_shard(model, mesh=mesh)
+
+    def unwrap(self, model: nn.Module) -> nn.Module:
+        return model
+
+    def state(self, model: nn.Module, optimizer: torch.optim.Optimizer,
+              meta: dict[str, Any]) -> TrainingState | None:
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            get_model_state_dict,
+            get_optimizer_state_dict,
+        )
+
+        full = StateDictOptions(full_state_dict=True, cpu_offload=True)  # gathered on rank 0 only
+        weights = get_model_state_dict(model, options=full)
+        optimizer_state = get_optimizer_state_dict(model, optimizer, options=full)
+        if _rank() != 0:
+            return None
+        return TrainingState(_cpu(weights), optimizer_state, {**meta, "strategy": self.name})
+
+    def restore(self, model: nn.Module, optimizer: torch.optim.Optimizer, state: TrainingState) -> None:
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            set_model_state_dict,
+            set_optimizer_state_dict,
+        )
+
+        _same_strategy(self.name, state)
+        full = StateDictOptions(full_state_dict=True)  # every rank read the full state: each keeps its shard
+        set_model_state_dict(model, state.weights, options=full)
+        set_optimizer_state_dict(model, optimizer, state.optimizer, options=full)
+
+
+def _same_strategy(name: str, state: TrainingState) -> None:
+    """Optimizer state is laid out per strategy (DDP's by parameter index, FSDP's by parameter name)."""
+    written = state.meta.get("strategy", "ddp")
+    if written != name:
+        raise ValueError(f"this checkpoint was written by train.strategy {written!r}; it cannot resume under "
+                         f"{name!r}")
+
+
+STRATEGIES: dict[str, type[Strategy]] = {"ddp": DataParallel, "fsdp": FullyShardedDataParallel}
 
 
 def get_strategy(name: str) -> Strategy:

@@ -1,0 +1,78 @@
+"""Parallelism strategies and the optimizer step on the session platform: FSDP trains like DDP on the same seed,
+its checkpoints resume on another worker count, gradient accumulation matches the larger batch it adds up to, and
+bf16 autocast really changes the arithmetic while still learning."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+import rayline
+from conftest import PIPELINES
+from rayline.data import prepare
+from rayline.spec import load_spec
+from rayline.train import fit
+
+pytestmark = pytest.mark.slow
+MLP = {"name": "mlp", "params": {"hidden": [64, 32]}}  # no dropout: runs of the same seed compare exactly
+EPOCHS = 3
+
+
+def _overrides(name: str, **train: Any) -> dict[str, Any]:
+    return {"model": MLP, "train.epochs": EPOCHS, "train.batch_size": 64, "tracking.experiment": name,
+            "tracking.model_name": name, **{f"train.{field}": value for field, value in train.items()}}
+
+
+def _losses(platform: rayline.Platform, mlflow_client, name: str, **train: Any) -> tuple[list[float], float]:
+    """A pipeline run's train_loss per epoch, and its test accuracy."""
+    result = rayline.run(PIPELINES / "digits.yaml", _overrides(name, **train), ray_address=platform.ray_address,
+                         tracking_uri=platform.tracking_uri, storage_uri=platform.storage_uri)
+    history = sorted(mlflow_client.get_metric_history(result.run_id, "train_loss"), key=lambda m: m.step)
+    return [m.value for m in history], result.metrics["test_accuracy"]
+
+
+@pytest.fixture(scope="module")
+def ddp(platform: rayline.Platform, mlflow_client) -> tuple[list[float], float]:
+    return _losses(platform, mlflow_client, "parallel-ddp")
+
+
+def test_fsdp_trains_like_ddp(ddp: tuple[list[float], float], platform: rayline.Platform, mlflow_client) -> None:
+    """Same seed, same batches: sharded parameters change where the weights live, not the arithmetic (up to the
+    order of float additions). The registered model is the full, unsharded state_dict (packaging loads it)."""
+    losses, accuracy = _losses(platform, mlflow_client, "parallel-fsdp", strategy="fsdp")
+    assert losses == pytest.approx(ddp[0], rel=1e-4)
+    assert accuracy == pytest.approx(ddp[1], abs=0.006)
+
+
+def test_gradient_accumulation_matches_the_batch_it_adds_up_to(ddp: tuple[list[float], float],
+                                                               platform: rayline.Platform, mlflow_client) -> None:
+    """Two batches of 32 whose gradients add up before each step train as one batch of 64 does."""
+    losses, _ = _losses(platform, mlflow_client, "parallel-accum", batch_size=32, grad_accum_steps=2)
+    assert losses == pytest.approx(ddp[0], rel=1e-4)
+
+
+def test_bf16_autocast_changes_the_arithmetic_and_still_learns(ddp: tuple[list[float], float],
+                                                               platform: rayline.Platform, mlflow_client) -> None:
+    losses, accuracy = _losses(platform, mlflow_client, "parallel-bf16", precision="bf16")
+    assert losses != pytest.approx(ddp[0], rel=1e-4)  # autocast really ran in bf16
+    assert losses == pytest.approx(ddp[0], rel=0.05) and accuracy > ddp[1] - 0.05
+
+
+def test_an_fsdp_checkpoint_from_two_workers_resumes_on_one(platform: rayline.Platform, tmp_path) -> None:
+    """The checkpoint holds full state (gathered on rank 0), so one worker takes over two workers' shards."""
+    platform.init_ray()
+    two = load_spec(PIPELINES / "digits.yaml", _overrides("parallel-resume", strategy="fsdp", epochs=2))
+    one = load_spec(PIPELINES / "digits.yaml", _overrides("parallel-resume", strategy="fsdp",
+                                                           **{"scaling.num_workers": 1}))
+    prepared = prepare(two, platform.storage_uri)
+    try:
+        first = fit(two, prepared, platform.storage_uri, run_name=f"fsdp-two-{tmp_path.name}")
+        then = fit(one, prepared, platform.storage_uri, run_name=f"fsdp-one-{tmp_path.name}",
+                   start_from=first.checkpoint)
+    finally:
+        prepared.release()
+    assert then.resumed_from_epoch == 1
+    assert [epoch["train_loss"] for epoch in then.history[:2]] == [epoch["train_loss"] for epoch in first.history]
+    assert then.history[2]["train_loss"] < first.history[1]["train_loss"]  # it went on from there, not scratch
+    assert then.test_metrics["test_accuracy"] >= first.test_metrics["test_accuracy"] - 0.02
