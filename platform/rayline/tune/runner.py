@@ -59,7 +59,7 @@ class SweepResult:
 
 
 def trial(config: dict[str, Any], document: dict[str, Any], prepared: PreparedData, storage_uri: str,
-           tracking_uri: str, experiment_id: str, parent_run_id: str) -> None:
+          tracking_uri: str, experiment_id: str, parent_run_id: str) -> None:
     """One trial, in its Tune actor: the pipeline spec with ``config`` applied, trained on the shared data, with a
     nested MLflow run holding its params, per-epoch metrics, test metrics and status.
 
@@ -98,7 +98,7 @@ def _nested_run(tracking_uri: str, experiment_id: str, parent_run_id: str, trial
         return run_id
     run_id = earlier[0].info.run_id
     client.update_run(run_id, status="RUNNING")
-    client.set_tag(run_id, CONFIG_TAG, json.dumps(config, sort_keys=True))
+    client.set_tag(run_id, CONFIG_TAG, json.dumps(config, sort_keys=True, default=str))  # any other value as text
     if start is not None:
         client.set_tag(run_id, STARTED_FROM_TAG, start.path)
     return run_id
