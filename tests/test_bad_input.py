@@ -51,6 +51,8 @@ CASES = {
     "resources no node has": (lambda tmp: {"train.scaling.resources_per_worker": {"CPU": 64}},
                               "train.scaling.resources_per_worker", "no node"),
     "GPU on a CPU-only cluster": (lambda tmp: {"train.scaling.use_gpu": True}, "train.scaling.use_gpu", "GPU"),
+    "fp16 without a GPU": (lambda tmp: {"train.precision": "fp16"}, "train.precision", "use bf16"),
+    "unknown strategy": (lambda tmp: {"train.strategy": "zero3"}, "train.strategy", "'ddp' or 'fsdp'"),
     "model import path that does not import": (lambda tmp: {"model.name": "no_such_package.nets:Net"},
                                                "model.name", "cannot import"),
     "model params that do not fit the data, streamed": (

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from rayline.errors import SpecError
 from rayline.spec.model_uri import check_part
@@ -137,21 +146,23 @@ class TrainSpec(Strict):
     strategy: Literal["ddp", "fsdp"] = Field(
         "ddp", description="ddp: replicated weights; fsdp: parameters, gradients and optimizer state sharded "
                            "across the workers (PyTorch FSDP2)")
-    precision: Literal["fp32", "bf16", "fp16"] = Field(
+    scaling: ScalingSpec = ScalingSpec()
+    precision: Literal["fp32", "bf16", "fp16"] = Field(  # after scaling: its validator reads use_gpu
         "fp32", description="autocast dtype of the forward pass; fp16 (with a gradient scaler) needs a GPU")
     grad_accum_steps: int = Field(1, ge=1, description="batches whose gradients add up before each step")
-    scaling: ScalingSpec = ScalingSpec()
     checkpoint_every: int = Field(1, ge=1, description="checkpoint every N epochs (and after the last)")
     max_failures: int = Field(2, ge=0, description="worker-group restarts from the latest checkpoint")
     collective_timeout_s: int = Field(300, ge=1, description="a rank that waits this long in a collective "
                                                              "(a hung peer) fails the attempt")
     seed: int = 0
 
-    @model_validator(mode="after")
-    def _fp16_on_gpu(self) -> TrainSpec:
-        if self.precision == "fp16" and not self.scaling.use_gpu:
-            raise ValueError("precision fp16 needs scaling.use_gpu (on CPU, use bf16)")
-        return self
+    @field_validator("precision")
+    @classmethod
+    def _fp16_on_gpu(cls, precision: str, info: ValidationInfo) -> str:
+        scaling = info.data.get("scaling")
+        if precision == "fp16" and scaling is not None and not scaling.use_gpu:
+            raise ValueError("fp16 needs scaling.use_gpu (on CPU, use bf16)")
+        return precision
 
 
 class CostSpec(Strict):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import signal
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -95,7 +97,7 @@ def fit(spec: PipelineSpec, prepared: PreparedData, storage_uri: str, run_name: 
     )
     started, started_at = time.perf_counter(), time.time()
     try:
-        with _controller_poll_interval():
+        with _controller_poll_interval(), _sigint_handler_restored():
             result = trainer.fit()
     except Exception as err:  # Ray raises TrainingFailedError wrapping the worker's exception
         raise TrainingFailed(f"training failed (up to {spec.train.max_failures} restart(s) allowed): "
@@ -165,6 +167,21 @@ def _stages(timings: dict[str, float], started_at: float, finished_at: float) ->
         "test_evaluation": timings["test_s"],
         "worker_stop": max(0.0, finished_at - timings["loop_left_at"]),
     }
+
+
+@contextmanager
+def _sigint_handler_restored() -> Iterator[None]:
+    """Put back the SIGINT handler that Ray Train replaces in the main thread. Its handler holds the run's
+    controller, which would otherwise outlive the run with its workers' placement group in a long-lived process
+    (a notebook, a test session), and the next run could wait forever for those CPUs."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGINT)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 @contextmanager
