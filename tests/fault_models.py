@@ -86,6 +86,26 @@ class SlowMLP(MLP):
         return super().forward(features)
 
 
+class TogetherMLP(SlowMLP):
+    """A SlowMLP whose Train workers wait, at their first training step, until ``parties`` of them have got there
+    (files in the ``barrier`` directory): concurrent trials train side by side, however long each took to start.
+    Workers started later (a trial restarted from a checkpoint) find the barrier passed."""
+
+    def __init__(self, num_features: int, num_outputs: int, barrier: str, parties: int, **params) -> None:
+        super().__init__(num_features, num_outputs, **params)
+        self.barrier, self.parties, self.arrived = Path(barrier), parties, False
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        if self.training and not self.arrived:
+            self.barrier.mkdir(parents=True, exist_ok=True)
+            (self.barrier / f"{os.getpid()}-{time.monotonic_ns()}").touch()
+            until = time.monotonic() + 300
+            while len(list(self.barrier.iterdir())) < self.parties and time.monotonic() < until:
+                time.sleep(0.05)
+            self.arrived = True
+        return super().forward(features)
+
+
 class NanFromEpochMLP(MLP):
     """An MLP whose outputs turn NaN from its ``nan_from_epoch``-th training epoch on (counted as FaultOnceMLP does)."""
 

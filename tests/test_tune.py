@@ -142,9 +142,12 @@ def test_a_trial_whose_worker_crashes_restores_from_its_checkpoint(platform: ray
 def test_pbt_copies_the_better_trials_checkpoint_into_the_weaker_one(platform: rayline.Platform, tmp_path: Path,
                                                                      mlflow_client) -> None:
     """Two trials, one learning and one barely moving: at a perturbation the weaker trial goes on from the better
-    one's checkpoint with its config (lr from the grid, weight decay resampled), in its own nested run."""
+    one's checkpoint with its config (lr from the grid, weight decay resampled), in its own nested run. The trials
+    train side by side (Ray's PBT compares running trials), with epochs of about a second."""
     name = f"t{tmp_path.name[-8:]}"
-    spec = _sweep_file(tmp_path, name, {"name": "mlp", "params": {"hidden": [32]}},
+    model = {"name": "fault_models:TogetherMLP",
+             "params": {"hidden": [32], "barrier": str(tmp_path / "barrier"), "parties": 2, "step_s": 0.03}}
+    spec = _sweep_file(tmp_path, name, model,
                        {"train.lr": "grid([0.01, 1e-5])", "train.weight_decay": "uniform(0, 1e-6)"},
                        scheduler={"type": "pbt", "perturbation_interval": 2}, seed=0, epochs=6)
     result = rayline.tune(spec, ray_address=platform.ray_address, tracking_uri=platform.tracking_uri,

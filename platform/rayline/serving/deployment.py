@@ -32,6 +32,7 @@ RETRY_S = 15.0
 RETRY_FIRST_DELAY_S = 0.05
 RETRY_MAX_DELAY_S = 1.0
 RETRIED_STATUSES = frozenset({500, 502, 503, 504})
+LOOPBACK = "127.0.0.1"
 
 
 @dataclass(frozen=True)
@@ -104,6 +105,7 @@ def deploy(spec: ServiceSpec, platform: Platform) -> Endpoint:
     serve.run_many([RunTarget(app, name=spec.name, route_prefix=spec.route_prefix)],
                    wait_for_applications_running=False)
     _wait_running(spec)
+    _wait_routed(spec)
     base = f"http://{spec.host}:{spec.port}{spec.route_prefix.rstrip('/')}"
     return Endpoint(name=spec.name, url=base, model_name=spec.model_name, api_key=keys[0] if keys else None)
 
@@ -127,6 +129,26 @@ def _wait_running(spec: ServiceSpec) -> None:
     if seen[0].status == ApplicationStatus.DEPLOY_FAILED:
         raise RaylineError(f"service {spec.name!r} failed to deploy: {_reason(seen[0])}. "
                            f"`rayline serve status` shows it; `rayline serve shutdown --name {spec.name}` removes it")
+
+
+def _wait_routed(spec: ServiceSpec) -> None:
+    """Wait until Serve's HTTP proxy routes ``spec.route_prefix``: the application can be RUNNING before the
+    proxy (HAProxy reloads its config) has the route, and a request sent then gets a 404."""
+    host = LOOPBACK if spec.host in ("0.0.0.0", "::") else spec.host
+    routes_url = f"http://{host}:{spec.port}/-/routes"
+
+    def routed() -> bool:
+        try:
+            with urllib.request.urlopen(routes_url, timeout=5) as response:
+                return spec.route_prefix in json.loads(response.read())
+        except (urllib.error.URLError, ConnectionError, ValueError):  # proxy starting or reloading
+            return False
+
+    try:
+        wait_until(routed, spec.deploy_timeout_s, f"a route for {spec.route_prefix}")
+    except TimeoutError:
+        raise RaylineError(f"service {spec.name!r} runs, but Serve's proxy at {routes_url} does not route "
+                           f"{spec.route_prefix} after deploy_timeout_s={spec.deploy_timeout_s:g} s") from None
 
 
 def _applications() -> dict[str, ApplicationDetails]:

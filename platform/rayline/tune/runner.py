@@ -8,6 +8,7 @@ import json
 import math
 import os
 import time
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -196,10 +197,10 @@ def run_sweep(sweep: SweepSpec, platform: Platform, progress: Progress | None = 
     if resume:
         parent, path = _interrupted(uri, base.tracking.experiment, sweep)
     else:
-        parent = tracking.start_run(uri, base.tracking.experiment,
-                                    f"{sweep.name}-{time.strftime('%Y%m%d-%H%M%S')}", {SWEEP_TAG: sweep.name})
-        path = f"{platform.storage_uri.rstrip('/')}/tune/{sweep.name}-{parent[:12]}"
-        MlflowClient(uri).set_tag(parent, PATH_TAG, path)
+        # the run is created with its Tune path: a driver killed at any point leaves a run that --resume finds
+        path = f"{platform.storage_uri.rstrip('/')}/tune/{sweep.name}-{uuid.uuid4().hex[:12]}"
+        parent = tracking.start_run(uri, base.tracking.experiment, f"{sweep.name}-{time.strftime('%Y%m%d-%H%M%S')}",
+                                    {SWEEP_TAG: sweep.name, PATH_TAG: path})
     experiment_id = mlflow.get_run(parent).info.experiment_id
     metric, mode = sweep.objective
     keep = None if isinstance(sweep.scheduler, PbtScheduler) else TUNE_CHECKPOINTS
