@@ -191,10 +191,11 @@ def test_a_hot_swap_to_a_version_that_fails_to_load(platform: rayline.Platform, 
                    90, "the cleared failure at Ray's metrics endpoint")
 
 
-def _replica_pids(name: str) -> list[int]:
+def _replica_pids(platform: rayline.Platform, name: str) -> list[int]:
     from ray.util.state import list_actors
 
-    return [actor.pid for actor in list_actors(filters=[("class_name", "=", f"ServeReplica:{name}:{name}"),
+    return [actor.pid for actor in list_actors(address=platform.dashboard_url,
+                                               filters=[("class_name", "=", f"ServeReplica:{name}:{name}"),
                                                         ("state", "=", "ALIVE")])]
 
 
@@ -206,7 +207,7 @@ def _kill_a_replica_under_load(platform: rayline.Platform, port: int, faults: Si
     name = f"killed{replicas}"
     endpoint = _serve(platform, port, name, f"models:/{faults.name}/{faults.good}",
                       autoscaling={"min_replicas": replicas, "max_replicas": replicas})
-    wait_until(lambda: len(_replica_pids(name)) == replicas, 60, f"{replicas} live replicas")
+    wait_until(lambda: len(_replica_pids(platform, name)) == replicas, 60, f"{replicas} live replicas")
     log: list[tuple[float, float, bool, str]] = []
     stop = threading.Event()
 
@@ -224,10 +225,10 @@ def _kill_a_replica_under_load(platform: rayline.Platform, port: int, faults: Si
         worker.start()
     try:
         wait_until(lambda: sum(entry[2] for entry in log) >= 20, 60, "answers before the kill")
-        victim = _replica_pids(name)[0]
+        victim = _replica_pids(platform, name)[0]
         killed_at = time.monotonic()
         os.kill(victim, signal.SIGKILL)
-        wait_until(lambda: len(set(_replica_pids(name)) - {victim}) == replicas, REPLACEMENT_BOUND_S,
+        wait_until(lambda: len(set(_replica_pids(platform, name)) - {victim}) == replicas, REPLACEMENT_BOUND_S,
                    "a replacement replica")
         after = len(log)
         wait_until(lambda: sum(entry[2] for entry in log[after:]) >= 40, 60, "answers after the replacement")

@@ -80,7 +80,7 @@ def _loopback_haproxy(state_dir: Path) -> str:
     return str(script)
 
 
-def _ray_env(state_dir: Path, tracking_uri: str, ingress: str) -> dict[str, str]:
+def _ray_env(state_dir: Path, tracking_uri: str, ingress: str, ray_port: int) -> dict[str, str]:
     """The environment of ``ray start``, which every Ray process inherits.
 
     ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` keeps the node's IP on loopback: otherwise ``ray start`` replaces
@@ -91,10 +91,15 @@ def _ray_env(state_dir: Path, tracking_uri: str, ingress: str) -> dict[str, str]
     ``MLFLOW_DISABLE_TELEMETRY``: see ``rayline/__init__.py``; here for processes that import MLflow first.
     ``RAYLINE_STORAGE``: a job submitted with ``ray job submit`` keeps its checkpoints and sweep state in the
     platform's storage, not in its own working directory.
+    ``RAY_ADDRESS``: Ray's own code inside the cluster that finds its cluster by scanning the machine (Ray
+    Train's PlacementGroupCleaner, through the state API) fails when another Ray instance runs there ("Found
+    multiple active Ray instances"); the cleaner's thread then dies, and a finished run's placement group is
+    never removed, so later runs wait forever for its CPUs.
     """
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
            "MLFLOW_TRACKING_URI": tracking_uri, "MLFLOW_DISABLE_TELEMETRY": "true",
-           "RAYLINE_STORAGE": str(state_dir.resolve() / "storage"), **_ingress_env(ingress)}
+           "RAYLINE_STORAGE": str(state_dir.resolve() / "storage"), "RAY_ADDRESS": f"{HOST}:{ray_port}",
+           **_ingress_env(ingress)}
     if ingress == "haproxy":
         env["RAY_SERVE_HAPROXY_BINARY_PATH"] = _loopback_haproxy(state_dir)
     return env
@@ -182,7 +187,7 @@ def _start_ray(state_dir: Path, num_cpus: int, tracking_uri: str, ingress: str) 
         f"--num-cpus={num_cpus}", "--disable-usage-stats",
         *(f"{flag}={port}" for flag, port in extra_ports.items()),
     ]
-    env = _ray_env(state_dir, tracking_uri, ingress)
+    env = _ray_env(state_dir, tracking_uri, ingress, ray_port)
     # `ray start` in token mode needs a token (~/.ray/auth_token); Ray's CLI creates one only where none exists.
     # Its stdout is the token itself: never keep it.
     subprocess.run([_bin("ray"), "get-auth-token", "--generate"], env=env, check=True, stdout=subprocess.DEVNULL,
