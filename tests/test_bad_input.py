@@ -52,7 +52,18 @@ CASES = {
                               "train.scaling.resources_per_worker", "no node"),
     "GPU on a CPU-only cluster": (lambda tmp: {"train.scaling.use_gpu": True}, "train.scaling.use_gpu", "GPU"),
     "fp16 without a GPU": (lambda tmp: {"train.precision": "fp16"}, "train.precision", "use bf16"),
-    "unknown strategy": (lambda tmp: {"train.strategy": "zero3"}, "train.strategy", "'ddp' or 'fsdp'"),
+    "unknown strategy": (lambda tmp: {"train.strategy": "zero3"}, "train.strategy", "'fsdp' or 'expert_parallel'"),
+    "expert parallelism without experts": (lambda tmp: {"train.strategy": "expert_parallel"}, "train.strategy",
+                                           "Mixture-of-Experts"),
+    "a mesh that does not match the workers": (
+        lambda tmp: {"train.strategy": "expert_parallel", "model": {"name": "moe"}, "train.mesh": {"expert": 4}},
+        "train.mesh", "must equal scaling.num_workers (2)"),
+    "experts that do not split over the mesh": (
+        lambda tmp: {"train.strategy": "expert_parallel", "model": {"name": "moe", "params": {"num_experts": 3}}},
+        "train.mesh.expert", "multiple of the mesh's expert dimension (2)"),
+    "a mesh without expert parallelism": (lambda tmp: {"train.mesh": {"expert": 2}}, "train.mesh", "expert_parallel"),
+    "unknown synthetic source": (lambda tmp: {"data.source": "synthetic://regression"}, "data.source",
+                                 "synthetic://mixture"),
     "model import path that does not import": (lambda tmp: {"model.name": "no_such_package.nets:Net"},
                                                "model.name", "cannot import"),
     "model params that do not fit the data, streamed": (

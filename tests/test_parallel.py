@@ -1,6 +1,7 @@
-"""Parallelism strategies and the optimizer step on the session platform: FSDP trains like DDP on the same seed,
-its checkpoints resume on another worker count, gradient accumulation matches the larger batch it adds up to, and
-bf16 autocast really changes the arithmetic while still learning."""
+"""Parallelism strategies and the optimizer step on the session platform: FSDP and expert parallelism (on 2
+workers, and on a 2x2 expert-data mesh of 4) train like DDP on the same seed, FSDP checkpoints resume on another
+worker count, gradient accumulation matches the larger batch it adds up to, and bf16 autocast really changes the
+arithmetic while still learning."""
 
 from __future__ import annotations
 
@@ -18,20 +19,28 @@ from rayline.train import fit
 
 pytestmark = pytest.mark.slow
 MLP = {"name": "mlp", "params": {"hidden": [64, 32]}}  # no dropout: runs of the same seed compare exactly
+MOE = {"name": "moe", "params": {"dim": 32, "hidden": 64, "num_experts": 4, "top_k": 2, "capacity_factor": 1.0}}
 EPOCHS = 3
 
 
-def _overrides(name: str, **train: Any) -> dict[str, Any]:
-    return {"model": MLP, "train.epochs": EPOCHS, "train.batch_size": 64, "tracking.experiment": name,
+def _overrides(name: str, model: dict[str, Any] = MLP, **train: Any) -> dict[str, Any]:
+    return {"model": model, "train.epochs": EPOCHS, "train.batch_size": 64, "tracking.experiment": name,
             "tracking.model_name": name, **{f"train.{field}": value for field, value in train.items()}}
+
+
+def _run(platform: rayline.Platform, name: str, model: dict[str, Any] = MLP, **train: Any) -> rayline.PipelineResult:
+    return rayline.run(PIPELINES / "digits.yaml", _overrides(name, model, **train), ray_address=platform.ray_address,
+                       tracking_uri=platform.tracking_uri, storage_uri=platform.storage_uri)
+
+
+def _history(mlflow_client, run_id: str, metric: str) -> list[float]:
+    return [m.value for m in sorted(mlflow_client.get_metric_history(run_id, metric), key=lambda m: m.step)]
 
 
 def _losses(platform: rayline.Platform, mlflow_client, name: str, **train: Any) -> tuple[list[float], float]:
     """A pipeline run's train_loss per epoch, and its test accuracy."""
-    result = rayline.run(PIPELINES / "digits.yaml", _overrides(name, **train), ray_address=platform.ray_address,
-                         tracking_uri=platform.tracking_uri, storage_uri=platform.storage_uri)
-    history = sorted(mlflow_client.get_metric_history(result.run_id, "train_loss"), key=lambda m: m.step)
-    return [m.value for m in history], result.metrics["test_accuracy"]
+    result = _run(platform, name, **train)
+    return _history(mlflow_client, result.run_id, "train_loss"), result.metrics["test_accuracy"]
 
 
 @pytest.fixture(scope="module")
@@ -43,6 +52,16 @@ def test_fsdp_trains_like_ddp(ddp: tuple[list[float], float], platform: rayline.
     """Same seed, same batches: sharded parameters change where the weights live, not the arithmetic (up to the
     order of float additions). The registered model is the full, unsharded state_dict (packaging loads it)."""
     losses, accuracy = _losses(platform, mlflow_client, "parallel-fsdp", strategy="fsdp")
+    assert losses == pytest.approx(ddp[0], rel=1e-4)
+    assert accuracy == pytest.approx(ddp[1], abs=0.006)
+
+
+def test_activation_checkpointing_under_fsdp_trains_like_ddp(ddp: tuple[list[float], float],
+                                                             platform: rayline.Platform, mlflow_client) -> None:
+    """Recomputing each block's activations in the backward pass changes memory, not the arithmetic; the
+    checkpoint wrappers leave the registered state_dict's keys alone (packaging loads it)."""
+    losses, accuracy = _losses(platform, mlflow_client, "parallel-activations", strategy="fsdp",
+                               activation_checkpointing=True)
     assert losses == pytest.approx(ddp[0], rel=1e-4)
     assert accuracy == pytest.approx(ddp[1], abs=0.006)
 
@@ -80,5 +99,29 @@ def test_an_fsdp_checkpoint_from_two_workers_resumes_on_one(platform: rayline.Pl
     assert then.test_metrics["test_accuracy"] >= first.test_metrics["test_accuracy"] - 0.02
     # fit() in this process's main thread leaves no Train controller behind (Ray's SIGINT handler held it, with
     # its workers' placement group, and a later run in the session waited forever for those CPUs)
-    wait_until(lambda: not list_actors(filters=[("class_name", "=", "TrainController"), ("state", "=", "ALIVE")]),
+    wait_until(lambda: not list_actors(address=platform.dashboard_url,
+                                       filters=[("class_name", "=", "TrainController"), ("state", "=", "ALIVE")]),
                60, "the runs' Train controllers to exit")
+
+
+@pytest.mark.parametrize("workers,mesh", [(2, None), (4, {"data": 2, "expert": 2})],
+                         ids=["2 expert ranks", "2x2 expert-data mesh"])
+def test_expert_parallel_trains_like_ddp(platform: rayline.Platform, mlflow_client, workers: int,
+                                         mesh: dict | None) -> None:
+    """The same Mixture-of-Experts under DDP (every worker holds every expert) and split across the workers
+    (4 experts on 2 expert ranks; on 4 workers also sharded by FSDP over the data dimension), with fractional CPUs
+    so that 4 workers fit: routing, capacity drops and the auxiliary loss are per worker batch in both, so the
+    losses agree up to float order. Each epoch's expert load, drop rate and imbalance reach MLflow."""
+    scaling = {"scaling.num_workers": workers, "scaling.resources_per_worker": {"CPU": 0.5}}
+    ddp = _run(platform, f"parallel-moe-ddp{workers}", MOE, **scaling)
+    split = _run(platform, f"parallel-moe-ep{workers}", MOE, strategy="expert_parallel", mesh=mesh, **scaling)
+    assert _history(mlflow_client, split.run_id, "train_loss") == pytest.approx(
+        _history(mlflow_client, ddp.run_id, "train_loss"), rel=1e-4)
+    shares = [_history(mlflow_client, split.run_id, f"moe0_expert{expert}_load") for expert in range(4)]
+    assert all(len(share) == EPOCHS for share in shares)
+    assert [sum(epoch) for epoch in zip(*shares, strict=True)] == pytest.approx([1.0] * EPOCHS)
+    assert _history(mlflow_client, split.run_id, "moe0_drop_rate") == pytest.approx(
+        _history(mlflow_client, ddp.run_id, "moe0_drop_rate"), rel=1e-6)
+    imbalance = _history(mlflow_client, split.run_id, "moe0_imbalance")
+    assert all(1.0 <= value <= 4.0 for value in imbalance)
+    assert split.metrics["test_accuracy"] == pytest.approx(ddp.metrics["test_accuracy"], abs=0.006)

@@ -27,8 +27,12 @@ BUNDLED = {
     "sklearn:diabetes": "sklearn.datasets.load_diabetes",
     "palmerpenguins:penguins": "palmerpenguins.load_penguins",
 }
-SYNTHETIC_DEFAULTS = {"rows": 100_000, "features": 32, "classes": 4, "seed": 0}
-SYNTHETIC_RANGES = {"rows": (1, 10**10), "features": (1, 10_000), "classes": (2, 10_000), "seed": (0, 2**32 - 1)}
+SYNTHETIC_DEFAULTS = {
+    "classification": {"rows": 100_000, "features": 32, "classes": 4, "seed": 0},
+    "mixture": {"rows": 100_000, "features": 16, "classes": 4, "regimes": 4, "skew": 70, "seed": 0},
+}
+SYNTHETIC_RANGES = {"rows": (1, 10**10), "features": (1, 10_000), "classes": (2, 10_000), "seed": (0, 2**32 - 1),
+                    "regimes": (2, 1_000), "skew": (1, 99)}
 FULL_DIGEST_MAX_BYTES = 64 * 2**20  # file datasets up to this size are hashed whole; larger ones are sampled
 SAMPLE_BYTES = 2**20
 
@@ -166,31 +170,39 @@ def _digest_files(filesystem: pafs.FileSystem, root: pafs.FileInfo, files: list[
 
 
 def _read_synthetic(source: str, storage_uri: str) -> tuple[ray.data.Dataset, SourceInfo]:
-    """``synthetic://classification?rows=N&features=F&classes=C&seed=S``: generated once as Parquet, then read."""
+    """``synthetic://classification?rows=N&features=F&classes=C&seed=S`` or
+    ``synthetic://mixture?rows=N&features=F&classes=C&regimes=R&skew=P&seed=S``: generated once as Parquet,
+    then read."""
     parsed = urlparse(source)
-    if parsed.netloc != "classification":
-        raise SpecError("synthetic sources support synthetic://classification only", field="data.source")
+    kind = parsed.netloc
+    if kind not in SYNTHETIC_DEFAULTS:
+        raise SpecError(f"synthetic sources are {', '.join(f'synthetic://{name}' for name in SYNTHETIC_DEFAULTS)}",
+                        field="data.source")
     try:
-        options = {**SYNTHETIC_DEFAULTS, **{k: int(v) for k, v in parse_qsl(parsed.query)}}
+        options = {**SYNTHETIC_DEFAULTS[kind], **{k: int(v) for k, v in parse_qsl(parsed.query)}}
     except ValueError:
         raise SpecError(f"synthetic options must be integers: {parsed.query!r}", field="data.source") from None
-    unknown = set(options) - set(SYNTHETIC_DEFAULTS)
+    unknown = set(options) - set(SYNTHETIC_DEFAULTS[kind])
     if unknown:
         raise SpecError(f"unknown synthetic options {sorted(unknown)}", field="data.source")
-    for name, (low, high) in SYNTHETIC_RANGES.items():
-        if not low <= options[name] <= high:
-            raise SpecError(f"synthetic option {name}={options[name]} is outside [{low}, {high}]", field="data.source")
-    digest = hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()[:16]
+    for name, value in options.items():
+        low, high = SYNTHETIC_RANGES[name]
+        if not low <= value <= high:
+            raise SpecError(f"synthetic option {name}={value} is outside [{low}, {high}]", field="data.source")
+    described = options if kind == "classification" else {**options, "kind": kind}
+    digest = hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()[:16]
     target = f"{storage_uri.rstrip('/')}/datasets/synthetic-{digest}"
     filesystem, path = pafs.FileSystem.from_uri(target)
     if filesystem.get_file_info(f"{path}/_SUCCESS").type == pafs.FileType.NotFound:
         blocks = max(1, options["rows"] // 50_000)
+        rows = _synthetic_rows if kind == "classification" else _mixture_rows
         ray.data.range(options["rows"], override_num_blocks=blocks).map_batches(
-            _synthetic_rows, fn_kwargs={"options": options}, batch_format="numpy"
+            rows, fn_kwargs={"options": options}, batch_format="numpy"
         ).write_parquet(target)
         with filesystem.open_output_stream(f"{path}/_SUCCESS") as marker:
             marker.write(b"")
-    return read_parquet(target), SourceInfo(name="synthetic", uri=source, digest=digest, digest_kind="sha256-options")
+    return read_parquet(target), SourceInfo(name=f"synthetic-{kind}" if kind != "classification" else "synthetic",
+                                            uri=source, digest=digest, digest_kind="sha256-options")
 
 
 def _synthetic_rows(batch: dict[str, np.ndarray], options: dict[str, int]) -> dict[str, np.ndarray]:
@@ -202,3 +214,26 @@ def _synthetic_rows(batch: dict[str, np.ndarray], options: dict[str, int]) -> di
     logits = features @ teacher + rng.normal(scale=0.5, size=(len(ids), options["classes"]))
     columns = {f"x{i}": features[:, i] for i in range(options["features"])}
     return {**columns, "label": logits.argmax(axis=1).astype(np.int64)}
+
+
+def mixture(rows: int, ids_from: int, options: dict[str, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Rows from ``regimes`` regimes, each a cluster of features with its own linear teacher for the label; regime
+    0 holds ``skew`` percent of the rows, the others share the rest evenly. A Mixture-of-Experts can give each
+    regime its experts; without a load-balancing loss its router crowds the experts the busy regime uses.
+    Returns features (float32), labels and regimes."""
+    regimes, features, classes = options["regimes"], options["features"], options["classes"]
+    fixed = np.random.default_rng(options["seed"])
+    centers = fixed.normal(scale=3.0, size=(regimes, features))
+    teachers = fixed.normal(size=(regimes, features, classes))
+    share = np.full(regimes, (100 - options["skew"]) / (regimes - 1) / 100)
+    share[0] = options["skew"] / 100
+    rng = np.random.default_rng([options["seed"], ids_from])
+    regime = rng.choice(regimes, size=rows, p=share)
+    values = centers[regime] + rng.normal(size=(rows, features))
+    logits = np.einsum("nf,nfc->nc", values, teachers[regime]) + rng.normal(scale=0.5, size=(rows, classes))
+    return values.astype(np.float32), logits.argmax(axis=1).astype(np.int64), regime
+
+
+def _mixture_rows(batch: dict[str, np.ndarray], options: dict[str, int]) -> dict[str, np.ndarray]:
+    values, labels, _ = mixture(len(batch["id"]), int(batch["id"][0]), options)
+    return {**{f"x{i}": values[:, i] for i in range(values.shape[1])}, "label": labels}

@@ -1,4 +1,4 @@
-"""Building nn.Modules from a model spec: the zoo (``mlp``, ``cnn``) or a user factory ``module:function``.
+"""Building nn.Modules from a model spec: the zoo (``mlp``, ``cnn``, ``moe``) or a user factory ``module:function``.
 
 Training from a user's own spec may import that user's code; a model loaded from the registry may not:
 :func:`check_allowed` admits only the zoo and the modules the operator lists in ``RAYLINE_MODEL_MODULES``.
@@ -13,12 +13,13 @@ from collections.abc import Callable
 from torch import nn
 
 from rayline.errors import SpecError
+from rayline.models.moe import MoEMLP
 from rayline.models.zoo import CNN, MLP
 from rayline.spec import ModelSpec
 
 ModelFactory = Callable[..., nn.Module]
 
-ZOO: dict[str, ModelFactory] = {"mlp": MLP, "cnn": CNN}
+ZOO: dict[str, ModelFactory] = {"mlp": MLP, "cnn": CNN, "moe": MoEMLP}
 ALLOWED_MODULES_ENV = "RAYLINE_MODEL_MODULES"
 """Comma-separated modules (or parent packages) whose factories a loaded model may name."""
 
@@ -68,4 +69,4 @@ def build_model(spec: ModelSpec, num_features: int, num_outputs: int) -> nn.Modu
     return model
 
 
-__all__ = ["ALLOWED_MODULES_ENV", "CNN", "MLP", "ZOO", "build_model", "check_allowed", "resolve_factory"]
+__all__ = ["ALLOWED_MODULES_ENV", "CNN", "MLP", "ZOO", "MoEMLP", "build_model", "check_allowed", "resolve_factory"]

@@ -9,6 +9,7 @@ from rayline.spec.loading import Overrides, apply_overrides, parse_overrides, re
 from rayline.spec.model_uri import ModelUri
 from rayline.spec.pipeline import (
     DataSpec,
+    MeshSpec,
     ModelSpec,
     PipelineSpec,
     PreprocessStep,
@@ -66,6 +67,7 @@ __all__ = [
     "BUNDLED_PREFIXES",
     "DataSpec",
     "Domain",
+    "MeshSpec",
     "ModelSpec",
     "ModelUri",
     "Overrides",

@@ -39,12 +39,16 @@ class SplitSpec(Strict):
         return self
 
 
+MOE_DEFAULT_EXPERTS = 4  # models.moe.MoEMLP's num_experts (spec sits below models)
+
+
 class DataSpec(Strict):
     """Where the rows come from and what to learn from them."""
 
     source: str = Field(
         description="CSV/Parquet path or URI, a bundled dataset (sklearn:digits, "
-        "palmerpenguins:penguins) or synthetic://classification?rows=N&features=F&classes=C"
+        "palmerpenguins:penguins), synthetic://classification?rows=N&features=F&classes=C or "
+        "synthetic://mixture?rows=N&features=F&classes=C&regimes=R&skew=P (regime 0 holds P percent of rows)"
     )
     format: Literal["auto", "csv", "parquet"] = "auto"
     label: str
@@ -135,6 +139,15 @@ class ScalingSpec(Strict):
         return self
 
 
+class MeshSpec(Strict):
+    """The 2-D device mesh of ``strategy: expert_parallel``: experts split over ``expert`` workers, and each
+    expert (and the rest of the model) sharded by FSDP over ``data`` workers. ``data * expert`` is the worker
+    count."""
+
+    data: int = Field(1, ge=1, description="workers each expert is sharded over (FSDP)")
+    expert: int = Field(ge=1, description="workers the experts are split over (all_to_all dispatch)")
+
+
 class TrainSpec(Strict):
     """The one train loop's settings."""
 
@@ -143,18 +156,42 @@ class TrainSpec(Strict):
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
     lr: float = Field(1e-3, gt=0.0)
     weight_decay: float = Field(0.0, ge=0.0)
-    strategy: Literal["ddp", "fsdp"] = Field(
+    strategy: Literal["ddp", "fsdp", "expert_parallel"] = Field(
         "ddp", description="ddp: replicated weights; fsdp: parameters, gradients and optimizer state sharded "
-                           "across the workers (PyTorch FSDP2)")
+                           "across the workers (PyTorch FSDP2); expert_parallel: a Mixture-of-Experts model's "
+                           "experts split across the workers, on the mesh of train.mesh")
     scaling: ScalingSpec = ScalingSpec()
+    mesh: MeshSpec | None = Field(  # after strategy and scaling: its validator reads them
+        None, description="expert_parallel's {data, expert} mesh; default: every worker on the expert dimension")
     precision: Literal["fp32", "bf16", "fp16"] = Field(  # after scaling: its validator reads use_gpu
         "fp32", description="autocast dtype of the forward pass; fp16 (with a gradient scaler) needs a GPU")
     grad_accum_steps: int = Field(1, ge=1, description="batches whose gradients add up before each step")
+    activation_checkpointing: bool = Field(
+        False, description="recompute each top-level block's activations in the backward pass instead of keeping "
+                           "them: less memory, one more forward pass of compute")
     checkpoint_every: int = Field(1, ge=1, description="checkpoint every N epochs (and after the last)")
     max_failures: int = Field(2, ge=0, description="worker-group restarts from the latest checkpoint")
     collective_timeout_s: int = Field(300, ge=1, description="a rank that waits this long in a collective "
                                                              "(a hung peer) fails the attempt")
     seed: int = 0
+
+    @field_validator("mesh")
+    @classmethod
+    def _mesh_fits_the_workers(cls, mesh: MeshSpec | None, info: ValidationInfo) -> MeshSpec | None:
+        if mesh is None:
+            return None
+        if info.data.get("strategy") != "expert_parallel":
+            raise ValueError("a mesh is for strategy: expert_parallel")
+        scaling = info.data.get("scaling")
+        if scaling is not None and mesh.data * mesh.expert != scaling.num_workers:
+            raise ValueError(f"data ({mesh.data}) * expert ({mesh.expert}) must equal scaling.num_workers "
+                             f"({scaling.num_workers})")
+        return mesh
+
+    @property
+    def device_mesh(self) -> MeshSpec:
+        """The mesh expert_parallel runs on: the spec's, or every worker on the expert dimension."""
+        return self.mesh or MeshSpec(data=1, expert=self.scaling.num_workers)
 
     @field_validator("precision")
     @classmethod
@@ -209,6 +246,19 @@ class PipelineSpec(Strict):
             # SpecError passes through pydantic, so the error names the field rather than the whole spec.
             raise SpecError(f"must be one of {sorted(known)} for a {self.data.task} pipeline "
                             f"(got {self.tracking.promotion_metric!r})", field="tracking.promotion_metric")
+        return self
+
+    @model_validator(mode="after")
+    def _experts_split_evenly(self) -> PipelineSpec:
+        if self.train.strategy != "expert_parallel" or ":" in self.model.name:  # a user factory: checked at wrap
+            return self
+        if self.model.name != "moe":
+            raise SpecError(f"expert_parallel needs a Mixture-of-Experts model (model.name: moe), not "
+                            f"{self.model.name!r}", field="train.strategy")
+        experts, split = self.model.params.get("num_experts", MOE_DEFAULT_EXPERTS), self.train.device_mesh.expert
+        if not isinstance(experts, int) or experts % split:
+            raise SpecError(f"model.params.num_experts ({experts}) must be a multiple of the mesh's expert "
+                            f"dimension ({split})", field="train.mesh.expert")
         return self
 
     @property

@@ -16,8 +16,10 @@ from torch import nn
 from rayline.data import FEATURES
 from rayline.models import build_model
 from rayline.spec import ModelSpec, TrainSpec
+from rayline.train.activations import checkpoint_activations
 from rayline.train.checkpoint import read_checkpoint, report_with_checkpoint
 from rayline.train.precision import Stepper
+from rayline.train.routing import RoutingMeter
 from rayline.train.strategy import get_strategy
 
 
@@ -117,10 +119,10 @@ def train_loop(raw_config: dict[str, Any]) -> dict[str, Any]:
     spec = TrainSpec.model_validate(config.train)
     torch.manual_seed(spec.seed)
     device = ray.train.torch.get_device()
-    strategy = get_strategy(spec.strategy)
+    strategy = get_strategy(spec)
 
-    model = strategy.wrap(build_model(ModelSpec.model_validate(config.model), config.num_features,
-                                      config.num_outputs))
+    model = build_model(ModelSpec.model_validate(config.model), config.num_features, config.num_outputs)
+    model = strategy.wrap(checkpoint_activations(model) if spec.activation_checkpointing else model)
     optimizer = _optimizer(spec, model)  # after wrap: its state then lives on the worker's device
     start_epoch, resumed_from, history = 0, None, []
     checkpoint = ray.train.get_checkpoint() or (Checkpoint(config.start_from) if config.start_from else None)
@@ -136,14 +138,14 @@ def train_loop(raw_config: dict[str, Any]) -> dict[str, Any]:
     for epoch in range(start_epoch, spec.epochs):
         started = time.perf_counter()
         model.train()
-        scorer = Scorer(config.task, device)
+        scorer, routing = Scorer(config.task, device), RoutingMeter(model, device)
         for batch in _batches("train", config, spec.batch_size, device):
             with step.autocast():
-                loss = scorer.loss(model(batch[FEATURES]), batch[config.label])
+                loss = scorer.loss(model(batch[FEATURES]), batch[config.label]) + routing.aux_loss()
             step.backward(loss)
         step.flush()
         train_s = time.perf_counter() - started
-        metrics = {"epoch": epoch, **scorer.result("train"), "epoch_train_s": train_s}
+        metrics = {"epoch": epoch, **scorer.result("train"), **routing.result(), "epoch_train_s": train_s}
         metrics["samples_per_s"] = metrics["train_rows"] / max(train_s, 1e-9)
         if "validation" in config.splits:
             validated = time.perf_counter()

@@ -3,8 +3,9 @@
 A strategy changes wrapping and checkpointing, never the loop's shape. ``ddp`` is data parallel through Ray
 Train's ``prepare_model`` (gloo on CPU, nccl on GPU); ``fsdp`` shards parameters, gradients and optimizer state
 with PyTorch's FSDP2 (``fully_shard``), which runs on gloo too (Ray's ``prepare_model(parallel_strategy="fsdp")``
-is FSDP1 and GPU-only). Both checkpoint full, unsharded state on rank 0, so a checkpoint resumes on any worker
-count and the registered model is a plain state_dict.
+is FSDP1 and GPU-only); ``expert_parallel`` splits a Mixture-of-Experts model's experts across the workers and
+shards the rest as FSDP does. All three checkpoint full, unsharded state on rank 0, so a checkpoint resumes on
+any worker count and the registered model is a plain state_dict.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import ray.train.torch
 import torch
 from torch import nn
 
+from rayline.spec import MeshSpec, TrainSpec
 from rayline.train.checkpoint import TrainingState
 
 
@@ -123,6 +125,23 @@ class FullyShardedDataParallel:
         set_optimizer_state_dict(model, optimizer, state.optimizer, options=full)
 
 
+class ExpertParallel(FullyShardedDataParallel):
+    """A Mixture-of-Experts model on the ``(expert, data)`` mesh of ``train.mesh``: experts split over ``expert``
+    (tokens reach them by ``all_to_all``), everything sharded by FSDP2 over ``data`` (see
+    :mod:`rayline.train.expert_parallel`). Checkpoints hold the full state, as FSDP's do."""
+
+    name = "expert_parallel"
+
+    def __init__(self, mesh: MeshSpec) -> None:
+        self.mesh = mesh
+
+    def wrap(self, model: nn.Module) -> nn.Module:
+        from rayline.train.expert_parallel import expert_data_mesh, shard_model
+
+        device = ray.train.torch.get_device()
+        return shard_model(model.to(device), expert_data_mesh(device.type, self.mesh.expert, self.mesh.data))
+
+
 def _same_strategy(name: str, state: TrainingState) -> None:
     """Optimizer state is laid out per strategy (DDP's by parameter index, FSDP's by parameter name)."""
     written = state.meta.get("strategy", "ddp")
@@ -131,9 +150,13 @@ def _same_strategy(name: str, state: TrainingState) -> None:
                          f"{name!r}")
 
 
-STRATEGIES: dict[str, type[Strategy]] = {"ddp": DataParallel, "fsdp": FullyShardedDataParallel}
-
-
-def get_strategy(name: str) -> Strategy:
-    """The strategy registered under ``name`` (``train.strategy`` in the spec)."""
-    return STRATEGIES[name]()
+def get_strategy(spec: TrainSpec) -> Strategy:
+    """The strategy ``train.strategy`` names."""
+    match spec.strategy:
+        case "ddp":
+            return DataParallel()
+        case "fsdp":
+            return FullyShardedDataParallel()
+        case "expert_parallel":
+            return ExpertParallel(spec.device_mesh)
+    raise AssertionError(spec.strategy)
