@@ -1,4 +1,4 @@
-"""The training benchmark's peer: the plain DDP script a user would write by hand instead of using rayline.
+"""The training benchmarks' peer: the plain DDP (or FSDP) script a user would write by hand instead of using rayline.
 
     OMP_NUM_THREADS=1 .venv/bin/torchrun --standalone --nproc_per_node 2 bench/torchrun_ddp.py \\
         --data sklearn:digits --label target --preprocess min_max_scale --epochs 3 --batch-size 32 --lr 0.003 \\
@@ -20,6 +20,8 @@ T0 = float(os.environ.get("RAYLINE_BENCH_T0") or time.time())
 
 import argparse  # noqa: E402
 import json  # noqa: E402
+import resource  # noqa: E402
+import sys  # noqa: E402
 from collections.abc import Sequence  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -90,6 +92,34 @@ def preprocess(x: np.ndarray, method: str) -> np.ndarray:
     return (x - center) / np.where(scale == 0, 1.0, scale)
 
 
+def wrap(module: nn.Module, strategy: str) -> nn.Module:
+    """DistributedDataParallel, or FSDP2 as rayline wraps it: every module that owns parameters is a unit."""
+    if strategy == "ddp":
+        return DistributedDataParallel(module)
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    mesh = init_device_mesh("cpu", (dist.get_world_size(),))
+    for child in list(module.modules())[1:]:
+        if any(True for _ in child.parameters(recurse=False)):
+            fully_shard(child, mesh=mesh)
+    return fully_shard(module, mesh=mesh)
+
+
+def rss_mb() -> float:
+    """This process's resident set size now, in MiB (Linux)."""
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def gathered(values: list[float]) -> list[list[float]]:
+    """``values`` of every rank, in rank order (every rank calls it)."""
+    mine = torch.tensor(values, dtype=torch.float64)
+    every = [torch.empty_like(mine) for _ in range(dist.get_world_size())]
+    dist.all_gather(every, mine)
+    return [rank.tolist() for rank in every]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", required=True, help="Parquet file or directory, or sklearn:digits")
@@ -101,6 +131,7 @@ def main() -> None:
     parser.add_argument("--preprocess", choices=["standard_scale", "min_max_scale"], default="standard_scale")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch threads per rank")
+    parser.add_argument("--strategy", choices=["ddp", "fsdp"], default=os.environ.get("RAYLINE_BENCH_STRATEGY", "ddp"))
     parser.add_argument("--json", help="rank 0 writes the results here")
     args = parser.parse_args()
 
@@ -119,8 +150,10 @@ def main() -> None:
 
     spec = json.loads(args.model_json)
     torch.manual_seed(args.seed)
+    base_rss_mb = rss_mb()
     module = MODELS[spec["name"]](features.shape[1], len(np.unique(y)), **spec.get("params", {}))
-    model = DistributedDataParallel(module)
+    num_params = sum(p.numel() for p in module.parameters())  # before FSDP leaves each rank its shard
+    model = wrap(module, args.strategy)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
     loss_fn = nn.CrossEntropyLoss()
 
@@ -144,14 +177,23 @@ def main() -> None:
         epochs.append({"epoch": epoch, "seconds": seconds.item(), "samples_per_s": totals[0].item() / seconds.item(),
                        "loss": totals[1].item() / totals[0].item()})
 
+    peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    base_rss, peak_rss = zip(*gathered([base_rss_mb, peak_rss_mb]), strict=True)
     if rank == 0 and args.json:
         result = {"epochs": epochs, "startup_s": started - T0, "data_s": data_s,
                   "epochs_s": sum(e["seconds"] for e in epochs), "total_s": time.time() - T0, "rows": len(y),
                   "world_size": world_size, "num_features": features.shape[1],
-                  "num_params": sum(p.numel() for p in module.parameters())}
+                  "num_params": num_params, "strategy": args.strategy,
+                  "base_rss_mb_per_rank": list(base_rss), "peak_rss_mb_per_rank": list(peak_rss)}
         with open(args.json, "w") as out:
             json.dump(result, out, indent=2)
     dist.destroy_process_group()
+    # Everything is done and written: skip the interpreter's teardown, which a background C++ thread aborts now and
+    # then ("terminate called without an active exception": 2 runs in 10 here, the rank's exit status -6 failing
+    # the whole torchrun).
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,9 @@ Then Ray Data ingest alone (``iter_torch_batches`` over the prepared training sp
 against a DataLoader over a TensorDataset of the same rows, in this process; and the peak memory of the
 platform's processes (Ray's, MLflow's and this driver, as proportional set size) during a streamed run at 1x and
 10x the synthetic size. Everything runs on an embedded platform of this script's own (``bench/.state``).
+
+FSDP, expert parallelism, MoE dispatch and bf16 have their own benchmark, ``bench/parallel_bench.py`` (which
+reuses this one's helpers); ``--parallel [ITS ARGUMENTS]`` here runs it instead.
 """
 
 from __future__ import annotations
@@ -290,7 +293,14 @@ def main() -> None:
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--memory-rows", nargs=2, type=int, default=[200_000, 2_000_000])
     parser.add_argument("--json", type=Path, help="also write the measurements here")
+    parser.add_argument("--parallel", nargs=argparse.REMAINDER, metavar="ARGS",
+                        help="run bench/parallel_bench.py instead, with the arguments that follow")
     args = parser.parse_args()
+    if args.parallel is not None:
+        from parallel_bench import main as parallel_bench
+
+        parallel_bench(args.parallel)
+        return
     platform = rayline.up(BENCH / ".state")
     try:
         platform.init_ray(verbose=False)

@@ -143,13 +143,15 @@ def test_pbt_copies_the_better_trials_checkpoint_into_the_weaker_one(platform: r
                                                                      mlflow_client) -> None:
     """Two trials, one learning and one barely moving: at a perturbation the weaker trial goes on from the better
     one's checkpoint with its config (lr from the grid, weight decay resampled), in its own nested run. The trials
-    train side by side (Ray's PBT compares running trials), with epochs of about a second."""
+    train side by side (Ray's PBT compares running trials), with epochs of about a second; Ray's PBT records a
+    trial's score only at its perturbations, so a trial that gets there first may find no one to copy: it gets
+    four chances."""
     name = f"t{tmp_path.name[-8:]}"
     model = {"name": "fault_models:TogetherMLP",
              "params": {"hidden": [32], "barrier": str(tmp_path / "barrier"), "parties": 2, "step_s": 0.03}}
     spec = _sweep_file(tmp_path, name, model,
                        {"train.lr": "grid([0.01, 1e-5])", "train.weight_decay": "uniform(0, 1e-6)"},
-                       scheduler={"type": "pbt", "perturbation_interval": 2}, seed=0, epochs=6)
+                       scheduler={"type": "pbt", "perturbation_interval": 2}, seed=0, epochs=10)
     result = rayline.tune(spec, ray_address=platform.ray_address, tracking_uri=platform.tracking_uri,
                           storage_uri=platform.storage_uri)
     runs = {float(run.data.params["train.lr"]): run for run in mlflow_client.search_runs(
@@ -159,8 +161,8 @@ def test_pbt_copies_the_better_trials_checkpoint_into_the_weaker_one(platform: r
     assert "rayline.started_from" in weak.data.tags, weak.data.tags  # it went on from a Tune checkpoint...
     assert strong.data.tags["rayline.trial"] in weak.data.tags["rayline.started_from"]  # ...the strong trial's
     assert json.loads(weak.data.tags["rayline.config"])["train.lr"] == 0.01  # with the strong trial's lr
-    assert weak.data.metrics["test_accuracy"] > 0.5  # far beyond what lr 1e-5 reaches in 6 epochs
-    assert (result.trials["training_iteration"] == 6).all()
+    assert weak.data.metrics["test_accuracy"] > 0.5  # far beyond what lr 1e-5 reaches in 10 epochs
+    assert (result.trials["training_iteration"] == 10).all()
 
 
 def test_a_killed_sweep_resumes_without_rerunning_finished_trials(platform: rayline.Platform, state_dir: Path,
