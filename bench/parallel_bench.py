@@ -49,7 +49,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -57,7 +56,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from train_bench import BENCH, PREPROCESSING, ROOT, epoch_history, run_peer, run_rayline, steady, write_training_rows
+from train_bench import (
+    BENCH,
+    PREPROCESSING,
+    ROOT,
+    epoch_history,
+    every,
+    run_peer,
+    run_rayline,
+    steady,
+    write_training_rows,
+)
 
 # isort: split
 import rayline  # this checkout's: importing train_bench put its platform/ first on sys.path
@@ -227,27 +236,20 @@ def sampled_workers(ray_group: int, interval_s: float = 0.2, scan_every: int = 5
     from rayline.cluster.processes import session_members
 
     samples: dict[int, list[Sample]] = {}
-    stop = threading.Event()
+    ticks = itertools.count()
 
     def sample() -> None:
-        for tick in itertools.count():
-            if tick % scan_every == 0:
-                for process in session_members(ray_group):
-                    if WORKER in " ".join(process.info["cmdline"] or []):
-                        samples.setdefault(process.pid, [])
-            for pid, series in samples.items():
-                if (now := memory_mb(pid)) is not None:
-                    series.append(now)
-            if stop.wait(interval_s):
-                return
+        if next(ticks) % scan_every == 0:
+            for process in session_members(ray_group):
+                if WORKER in " ".join(process.info["cmdline"] or []):
+                    samples.setdefault(process.pid, [])
+        for pid, series in samples.items():
+            if (now := memory_mb(pid)) is not None:
+                series.append(now)
 
-    thread = threading.Thread(target=sample, daemon=True)
-    thread.start()
-    try:
+    sample()  # the first sample as the block starts, then every interval_s
+    with every(interval_s, sample):
         yield samples
-    finally:
-        stop.set()
-        thread.join()
 
 
 def worker_memory(samples: dict[int, list[Sample]], training_until: float) -> WorkerMemory | None:

@@ -224,22 +224,29 @@ def platform_pss_mb() -> float:
 
 
 @contextmanager
-def peak_memory(interval_s: float = 1.0) -> Iterator[list[float]]:
-    """Samples :func:`platform_pss_mb` while the block runs; yields the list the samples go to."""
-    samples: list[float] = []
+def every(interval_s: float, step: Callable[[], None]) -> Iterator[None]:
+    """Calls ``step`` in a background thread every ``interval_s`` while the block runs."""
     stop = threading.Event()
 
-    def sample() -> None:
+    def loop() -> None:
         while not stop.wait(interval_s):
-            samples.append(platform_pss_mb())
+            step()
 
-    thread = threading.Thread(target=sample, daemon=True)
+    thread = threading.Thread(target=loop, daemon=True)
     thread.start()
     try:
-        yield samples
+        yield
     finally:
         stop.set()
         thread.join()
+
+
+@contextmanager
+def peak_memory(interval_s: float = 1.0) -> Iterator[list[float]]:
+    """Samples :func:`platform_pss_mb` while the block runs; yields the list the samples go to."""
+    samples: list[float] = []
+    with every(interval_s, lambda: samples.append(platform_pss_mb())):
+        yield samples
 
 
 def bench_memory(platform: rayline.Platform, rows: int) -> MemoryResult:
