@@ -18,6 +18,7 @@ from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import Shard, distribute_tensor
 
 from rayline.models.moe import moe_layers
+from rayline.train.strategy import shard_parameter_owners
 
 MESH_DIMS = ("expert", "data")
 # Gathering an expert weight for a full checkpoint takes two all-gathers (over data, then expert), and DTensor
@@ -45,8 +46,5 @@ def shard_model(model: nn.Module, mesh: DeviceMesh) -> nn.Module:
         layer.shard_experts(mesh["expert"].get_group())
         fully_shard(layer.experts, mesh=mesh["data"])
         experts.add(layer.experts)
-    for module in list(model.modules())[1:]:
-        if module not in experts and any(True for _ in module.parameters(recurse=False)):
-            fully_shard(module, mesh=mesh)
-    return fully_shard(model, mesh=mesh)
+    return shard_parameter_owners(model, mesh, skip=experts)
 

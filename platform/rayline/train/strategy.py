@@ -10,7 +10,8 @@ any worker count and the registered model is a plain state_dict.
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from collections.abc import Collection
+from typing import TYPE_CHECKING, Any, Protocol
 
 import ray.train
 import ray.train.torch
@@ -19,6 +20,9 @@ from torch import nn
 
 from rayline.spec import MeshSpec, TrainSpec
 from rayline.train.checkpoint import TrainingState
+
+if TYPE_CHECKING:
+    from torch.distributed.device_mesh import DeviceMesh
 
 
 class Strategy(Protocol):
@@ -84,15 +88,10 @@ class FullyShardedDataParallel:
 
     def wrap(self, model: nn.Module) -> nn.Module:
         from torch.distributed.device_mesh import init_device_mesh
-        from torch.distributed.fsdp import fully_shard
 
         device = ray.train.torch.get_device()
-        model = model.to(device)
         mesh = init_device_mesh(device.type, (ray.train.get_context().get_world_size(),))
-        for module in list(model.modules())[1:]:
-            if any(True for _ in module.parameters(recurse=False)):
-                fully_shard(module, mesh=mesh)
-        return fully_shard(model, mesh=mesh)
+        return shard_parameter_owners(model.to(device), mesh)
 
     def unwrap(self, model: nn.Module) -> nn.Module:
         return model
@@ -140,6 +139,17 @@ class ExpertParallel(FullyShardedDataParallel):
 
         device = ray.train.torch.get_device()
         return shard_model(model.to(device), expert_data_mesh(device.type, self.mesh.expert, self.mesh.data))
+
+
+def shard_parameter_owners(model: nn.Module, mesh: DeviceMesh, skip: Collection[nn.Module] = ()) -> nn.Module:
+    """FSDP2 units: every module that owns parameters itself (except ``skip``, sharded already), then the root.
+    A unit's full parameters exist only during its forward and backward."""
+    from torch.distributed.fsdp import fully_shard
+
+    for module in list(model.modules())[1:]:
+        if module not in skip and any(True for _ in module.parameters(recurse=False)):
+            fully_shard(module, mesh=mesh)
+    return fully_shard(model, mesh=mesh)
 
 
 def _same_strategy(name: str, state: TrainingState) -> None:
