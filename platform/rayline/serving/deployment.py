@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import re
@@ -50,8 +51,8 @@ class Endpoint:
         """POST rows to ``/v1/models/<model>/predict`` over HTTP and return the JSON answer.
 
         A prediction is idempotent, so a request that found no live replica (the connection failed or dropped,
-        or the ingress answered 500, 502, 503 or 504: a replica died or is being replaced, or all are busy) is
-        sent again, with backoff, for up to ``retry_s`` seconds (0: never); the last error is raised."""
+        also mid-answer, or the ingress answered 500, 502, 503 or 504: a replica died or is being replaced, or all
+        are busy) is sent again, with backoff, for up to ``retry_s`` seconds (0: never); the last error is raised."""
         records = rows.to_dict(orient="records") if isinstance(rows, pd.DataFrame) else rows
         request = urllib.request.Request(
             f"{self.url.rstrip('/')}/v1/models/{self.model_name}/predict",
@@ -64,7 +65,8 @@ class Endpoint:
             try:
                 with urllib.request.urlopen(request, timeout=timeout_s) as response:
                     return json.loads(response.read())
-            except (urllib.error.URLError, ConnectionError) as err:  # HTTPError is a URLError
+            # HTTPError is a URLError; IncompleteRead (an answer cut off by a dying replica) is an HTTPException
+            except (urllib.error.URLError, ConnectionError, http.client.HTTPException) as err:
                 if (isinstance(err, urllib.error.HTTPError) and err.code not in RETRIED_STATUSES) \
                         or time.monotonic() + delay > deadline:
                     raise
