@@ -27,9 +27,11 @@ class FaultOnceMLP(MLP):
     as Ray Train has registered the checkpoint of epoch ``at_epoch - 1`` (so the epoch to restore is known).
 
     ``kill``: the process SIGKILLs itself. ``hang``: it blocks forever, so rank 0 waits in the gradient
-    all-reduce. ``corrupt``: it truncates that checkpoint's weights, then SIGKILLs itself. Checkpoints are found
-    under ``storage`` (the platform's storage URI, a local path). ``marker`` records that the fault happened, so it
-    happens once.
+    all-reduce. ``corrupt``: it truncates that checkpoint's weights, then SIGKILLs itself. ``upload``: rank 0 (the
+    rank that uploads a DDP checkpoint) SIGKILLs itself as soon as the upload of epoch ``at_epoch``'s checkpoint
+    has begun, in the middle of it. Checkpoints are found under ``storage`` (the platform's storage URI, a local
+    path). ``marker`` records that the fault happened (and for ``upload``, the bytes that had reached storage),
+    so it happens once.
     """
 
     def __init__(self, num_features: int, num_outputs: int, marker: str, at_epoch: int, fault: str, storage: str,
@@ -44,7 +46,11 @@ class FaultOnceMLP(MLP):
         return super().train(mode)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        if self.training and self.epoch == self.at_epoch and _rank() == 1 and not self.marker.exists():
+        faulty_rank = 0 if self.fault == "upload" else 1
+        if self.training and self.epoch == self.at_epoch and _rank() == faulty_rank and not self.marker.exists():
+            if self.fault == "upload":
+                self._kill_mid_upload()
+                return super().forward(features)
             checkpoint = self._registered_checkpoint(self.at_epoch - 1)
             self.marker.write_text(f"{self.fault} {checkpoint}")
             if self.fault == "hang":
@@ -54,6 +60,30 @@ class FaultOnceMLP(MLP):
                 weights.write_bytes(weights.read_bytes()[:100])
             os.kill(os.getpid(), signal.SIGKILL)
         return super().forward(features)
+
+    def _kill_mid_upload(self) -> None:
+        """From a thread, while training goes on: once the previous epoch's checkpoint is registered, wait for the
+        next checkpoint directory to appear in storage (this epoch's upload starting), note how many bytes it
+        holds against the previous (whole) checkpoint, and SIGKILL this process."""
+        self.marker.write_text("upload pending")
+        previous = self._registered_checkpoint(self.at_epoch - 1)
+        run = previous.parent
+        existing = set(run.glob("checkpoint_*"))
+
+        def watch() -> None:
+            until = time.monotonic() + 120
+            while time.monotonic() < until:
+                started = set(run.glob("checkpoint_*")) - existing
+                if started:
+                    partial = started.pop()
+                    present = sum(_size(path) for path in partial.rglob("*"))
+                    whole = sum(_size(path) for path in previous.rglob("*"))  # a whole checkpoint's size
+                    self.marker.write_text(json.dumps({"fault": "upload", "partial": str(partial),
+                                                       "bytes": present, "whole": whole}))
+                    os.kill(os.getpid(), signal.SIGKILL)
+                time.sleep(0.0005)
+
+        threading.Thread(target=watch, daemon=True).start()
 
     def _registered_checkpoint(self, epoch: int, deadline_s: float = 60) -> Path:
         """The directory of epoch ``epoch``'s checkpoint, once Ray Train's checkpoint manager lists it."""
@@ -71,6 +101,13 @@ class FaultOnceMLP(MLP):
                         return snapshot.parent / result["checkpoint_dir_name"]
             time.sleep(0.05)
         raise TimeoutError(f"no registered checkpoint of epoch {epoch} under {self.storage}")
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size if path.is_file() else 0
+    except OSError:  # gone between listing and stat
+        return 0
 
 
 class SlowMLP(MLP):

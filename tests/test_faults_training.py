@@ -142,6 +142,23 @@ def test_a_corrupt_latest_checkpoint_is_a_clear_error_not_a_fresh_start(platform
     _nothing_registered(mlflow_client, unique)
 
 
+def test_a_worker_killed_mid_upload_resumes_from_the_last_whole_checkpoint(platform: rayline.Platform,
+                                                                           tmp_path: Path, unique: str) -> None:
+    """Checkpoints upload in the background (``train.checkpoint_upload: async``), and Ray Train registers one only
+    once all its files are in storage: rank 0, SIGKILLed halfway through uploading epoch 2's checkpoint, leaves a
+    partial directory that nothing resumes from."""
+    overrides = _overrides(tmp_path, platform, unique, "upload", at_epoch=2, max_failures=1)
+    overrides["model"]["params"]["hidden"] = [2048, 2048]  # about 50 MB a checkpoint: an upload long enough to cut
+    result = _run(platform, overrides)
+    fault = json.loads((tmp_path / "fault").read_text())
+    assert fault["bytes"] < fault["whole"], fault  # the kill landed mid-upload: a half checkpoint was in storage
+    assert result.resumed_from_epoch == 1
+    snapshot = json.loads((Path(fault["partial"]).parent / "checkpoint_manager_snapshot.json").read_text())
+    registered = {entry["checkpoint_dir_name"] for entry in snapshot["checkpoint_results"]}
+    assert Path(fault["partial"]).name not in registered
+    assert result.metrics["test_accuracy"] > 0.8
+
+
 def test_a_rank_hung_in_a_collective_times_out_and_the_run_resumes(platform: rayline.Platform, tmp_path: Path,
                                                                    unique: str) -> None:
     timeout_s = 10

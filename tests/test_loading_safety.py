@@ -7,11 +7,13 @@ allows; user-given model URIs cannot reach outside the registry. Pure unit tests
 
 from __future__ import annotations
 
+import io
 import json
 import pickle
 import re
 import shutil
 import sys
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -30,6 +32,7 @@ from rayline.packaged.layout import MODEL_SPEC, WEIGHTS
 from rayline.packaged.model import LoadError, PackagedModel
 from rayline.spec import ModelSpec, ModelUri, load_service_spec
 from rayline.train.checkpoint import OPTIMIZER, TrainingState, read_checkpoint, read_weights, save_checkpoint
+from rayline.train.sharded_checkpoint import SHARDS, load_sharded, save_sharded
 
 ROOT = Path(__file__).parents[1]
 COLUMNS = ["a", "b"]
@@ -61,7 +64,9 @@ def _package(directory: Path, name: str = "mlp") -> Path:
 def _write_pickle(path: Path, canary: Path, with_torch: bool) -> None:
     payload = {"weight": Touch(canary)}
     if with_torch:
-        torch.save(payload, path)
+        buffer = io.BytesIO()  # torch.save refuses some file names (".metadata")
+        torch.save(payload, buffer)
+        path.write_bytes(buffer.getvalue())
     else:
         path.write_bytes(pickle.dumps(payload))
 
@@ -137,6 +142,48 @@ def test_pickled_checkpoint_weights_are_refused_without_running_them(checkpoint_
         _restore(checkpoint_dir)
     with pytest.raises(LoadError, match="is not a readable safetensors file"):
         read_weights(Checkpoint.from_directory(str(checkpoint_dir)))
+    assert not canary.exists()
+
+
+@pytest.fixture
+def sharded_dir(tmp_path: Path) -> tuple[Path, dict[str, torch.Tensor]]:
+    """A sharded (DCP) checkpoint written by one process, and the weights it holds."""
+    directory = tmp_path / "sharded-checkpoint"
+    model = MLP(len(COLUMNS), 1, hidden=[4])
+    optimizer = torch.optim.Adam(model.parameters())
+    model(torch.ones(3, len(COLUMNS))).sum().backward()
+    optimizer.step()
+    with warnings.catch_warnings():  # DCP outside a process group says it assumes one process
+        warnings.simplefilter("ignore", UserWarning)
+        save_sharded(directory, model, optimizer)
+    return directory, model.state_dict()
+
+
+def test_a_real_sharded_checkpoint_loads(sharded_dir: tuple[Path, dict[str, torch.Tensor]]) -> None:
+    directory, weights = sharded_dir
+    read = read_weights(Checkpoint.from_directory(str(directory)))
+    assert sorted(read) == sorted(weights)
+    assert all(torch.equal(read[name], weights[name]) for name in weights)
+    model = MLP(len(COLUMNS), 1, hidden=[4])
+    optimizer = torch.optim.Adam(model.parameters())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        load_sharded(directory, model, optimizer)
+    assert all(torch.equal(model.state_dict()[name], weights[name]) for name in weights)
+    assert optimizer.state_dict()["state"][0]["step"].item() == 1
+
+
+@pytest.mark.parametrize("with_torch", [False, True])
+def test_a_pickled_sharded_checkpoint_index_is_refused_without_running_it(
+        sharded_dir: tuple[Path, dict[str, torch.Tensor]], tmp_path: Path, with_torch: bool) -> None:
+    """DCP's own reader unpickles its ``.metadata`` with plain ``pickle``; rayline's allows only DCP's index
+    classes."""
+    directory, _ = sharded_dir
+    canary = tmp_path / "canary"
+    _write_pickle(directory / SHARDS / ".metadata", canary, with_torch)
+    with pytest.raises(LoadError, match="refused to unpickle") as caught:
+        read_weights(Checkpoint.from_directory(str(directory)))
+    assert "\n" not in str(caught.value)
     assert not canary.exists()
 
 

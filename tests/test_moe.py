@@ -3,27 +3,22 @@ expert parallelism over real gloo process groups (2 and 4 processes) against the
 
 from __future__ import annotations
 
-import copy
 import os
 import socket
+from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
-from torch.distributed.checkpoint.state_dict import (
-    StateDictOptions,
-    get_model_state_dict,
-    get_optimizer_state_dict,
-    set_model_state_dict,
-    set_optimizer_state_dict,
-)
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
 from rayline.data.sources import SYNTHETIC_DEFAULTS, mixture
 from rayline.models.moe import MoELayer, MoEMLP
 from rayline.train.expert_parallel import expert_data_mesh, shard_model
 from rayline.train.routing import RoutingMeter
+from rayline.train.sharded_checkpoint import load_sharded, read_full_weights, save_sharded
 
 FEATURES, CLASSES = 10, 3
 PARAMS = {"dim": 16, "hidden": 32, "num_experts": 4, "top_k": 2, "capacity_factor": 1.0, "aux_loss_weight": 0.01}
@@ -108,9 +103,10 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-def _expert_parallel_worker(rank: int, expert: int, data: int, port: int, results: dict) -> None:
+def _expert_parallel_worker(rank: int, expert: int, data: int, port: int, checkpoint: Path, results: dict) -> None:
     """One rank: the sharded model against the same model in one process, on this rank's batch (outputs), on
-    the batches of every rank (three SGD steps), and restored from the full state into a fresh sharded model."""
+    the batches of every rank (three SGD steps), and restored from a sharded checkpoint into a fresh sharded
+    model."""
     world = expert * data
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
@@ -150,30 +146,36 @@ def _expert_parallel_worker(rank: int, expert: int, data: int, port: int, result
 
         for _ in range(2):
             step(model, adam)
-        saved = copy.deepcopy((get_model_state_dict(model, options=full),
-                               get_optimizer_state_dict(model, adam, options=full)))  # as read from a checkpoint
+        save_sharded(checkpoint, model, adam)  # every rank its own shards, into one directory
+        saved_weights = get_model_state_dict(model, options=full)
+        dist.barrier()
         torch.manual_seed(7)
         restored = shard_model(MoEMLP(FEATURES, CLASSES, **PARAMS), expert_data_mesh("cpu", expert, data))
         restored_adam = torch.optim.Adam(restored.parameters(), lr=0.01)
-        set_model_state_dict(restored, saved[0], options=full)
-        set_optimizer_state_dict(restored, restored_adam, saved[1], options=full)
+        load_sharded(checkpoint, restored, restored_adam)
+        consolidated = read_full_weights(checkpoint)  # in this process alone, as packaging does
+        consolidation_gap = max((consolidated[name] - value).abs().max().item()
+                                for name, value in saved_weights.items())
         went_on = [step(model, adam) for _ in range(2)]
         resumed = [step(restored, restored_adam) for _ in range(2)]
         results[rank] = {"output_gap": output_gap, "weight_gap": weight_gap, "went_on": went_on,
-                         "resumed": resumed, "local_experts": sharded.moes[0].experts.w1.to_local().shape[0]}
+                         "resumed": resumed, "local_experts": sharded.moes[0].experts.w1.to_local().shape[0],
+                         "consolidated": sorted(consolidated) == sorted(single.state_dict()),
+                         "consolidation_gap": consolidation_gap}
     finally:
         dist.destroy_process_group()
 
 
 @pytest.mark.parametrize("expert,data", [(2, 1), (2, 2)], ids=["2 expert ranks", "2x2 expert-data mesh"])
-def test_expert_parallel_computes_what_one_process_does(expert: int, data: int) -> None:
+def test_expert_parallel_computes_what_one_process_does(expert: int, data: int, tmp_path: Path) -> None:
     with mp.Manager() as manager:
         results = manager.dict()
-        mp.spawn(_expert_parallel_worker, args=(expert, data, _free_port(), results), nprocs=expert * data)
+        mp.spawn(_expert_parallel_worker, args=(expert, data, _free_port(), tmp_path, results), nprocs=expert * data)
         results = dict(results)
     assert sorted(results) == list(range(expert * data))
     for rank, result in results.items():
         assert result["local_experts"] == PARAMS["num_experts"] // (expert * data), rank  # at rest: FSDP's shard
         assert result["output_gap"] < 1e-6, rank  # the same outputs for the same weights
         assert result["weight_gap"] < 1e-5, rank  # and the same training steps
-        assert result["resumed"] == result["went_on"], rank  # a full-state restore goes on exactly
+        assert result["resumed"] == result["went_on"], rank  # a restore from the shards goes on exactly
+        assert result["consolidated"] and result["consolidation_gap"] == 0.0, rank  # the full model, as trained

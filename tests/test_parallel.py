@@ -5,6 +5,7 @@ arithmetic while still learning."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,6 +17,8 @@ from rayline.cluster.processes import wait_until
 from rayline.data import prepare
 from rayline.spec import load_spec
 from rayline.train import fit
+from rayline.train.checkpoint import WEIGHTS
+from rayline.train.sharded_checkpoint import SHARDS
 
 pytestmark = pytest.mark.slow
 MLP = {"name": "mlp", "params": {"hidden": [64, 32]}}  # no dropout: runs of the same seed compare exactly
@@ -81,7 +84,7 @@ def test_bf16_autocast_changes_the_arithmetic_and_still_learns(ddp: tuple[list[f
 
 
 def test_an_fsdp_checkpoint_from_two_workers_resumes_on_one(platform: rayline.Platform, tmp_path) -> None:
-    """The checkpoint holds full state (gathered on rank 0), so one worker takes over two workers' shards."""
+    """Each of the two workers wrote only its own shards (nothing gathered); DCP reshards them for one worker."""
     platform.init_ray()
     two = load_spec(PIPELINES / "digits.yaml", _overrides("parallel-resume", strategy="fsdp", epochs=2))
     one = load_spec(PIPELINES / "digits.yaml", _overrides("parallel-resume", strategy="fsdp",
@@ -93,6 +96,9 @@ def test_an_fsdp_checkpoint_from_two_workers_resumes_on_one(platform: rayline.Pl
                    start_from=first.checkpoint)
     finally:
         prepared.release()
+    shards = Path(first.checkpoint.path) / SHARDS
+    assert sorted(path.name for path in shards.glob("*.distcp")) == ["__0_0.distcp", "__1_0.distcp"]
+    assert not (Path(first.checkpoint.path) / WEIGHTS).exists()  # no full copy beside the shards
     assert then.resumed_from_epoch == 1
     assert [epoch["train_loss"] for epoch in then.history[:2]] == [epoch["train_loss"] for epoch in first.history]
     assert then.history[2]["train_loss"] < first.history[1]["train_loss"]  # it went on from there, not scratch

@@ -170,6 +170,10 @@ class TrainSpec(Strict):
         False, description="recompute each top-level block's activations in the backward pass instead of keeping "
                            "them: less memory, one more forward pass of compute")
     checkpoint_every: int = Field(1, ge=1, description="checkpoint every N epochs (and after the last)")
+    checkpoint_upload: Literal["async", "sync"] = Field(
+        "async", description="async: each worker writes its checkpoint to local disk and training goes on while "
+                             "Ray Train uploads it to the run's storage (it becomes the latest checkpoint only "
+                             "once every file is there); sync: the step waits for the upload")
     max_failures: int = Field(2, ge=0, description="worker-group restarts from the latest checkpoint")
     collective_timeout_s: int = Field(300, ge=1, description="a rank that waits this long in a collective "
                                                              "(a hung peer) fails the attempt")

@@ -1,23 +1,29 @@
-"""Checkpoints as plain tensors: weights in safetensors, optimizer state loaded with ``weights_only=True``.
+"""Checkpoints as plain tensors, written to local disk and uploaded by Ray Train, in one of two layouts:
 
-A file that would run code when unpickled, or is damaged, raises :class:`LoadError`; nothing falls back to an
-unsafe load.
+- full (``ddp``): rank 0 writes the weights in safetensors and the optimizer state with ``torch.save``;
+- sharded (``fsdp``, ``expert_parallel``): every rank writes its own shards (:mod:`.sharded_checkpoint`).
+
+Both carry ``meta.json`` (epoch, history, strategy) from rank 0. A file that would run code when unpickled, or is
+damaged, raises :class:`LoadError`; nothing falls back to an unsafe load.
 """
 
 from __future__ import annotations
 
 import json
 import pickle
+import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from ray.train import Checkpoint
 from safetensors.torch import save_file
 
 from rayline.packaged.model import LoadError, load_safetensors
+from rayline.train.sharded_checkpoint import has_shards, read_full_weights
 
 WEIGHTS = "model.safetensors"
 OPTIMIZER = "optimizer.pt"
@@ -38,7 +44,20 @@ def save_checkpoint(directory: Path, state: TrainingState) -> None:
     """Write ``state`` into ``directory``: weights as safetensors, optimizer state with ``torch.save``."""
     save_file(state.weights, str(directory / WEIGHTS))
     torch.save(state.optimizer, directory / OPTIMIZER)
-    (directory / META).write_text(json.dumps(state.meta))
+    write_meta(directory, state.meta)
+
+
+def write_meta(directory: Path, meta: dict[str, Any]) -> None:
+    """Write a checkpoint's metadata (plain JSON)."""
+    (directory / META).write_text(json.dumps(meta))
+
+
+def read_meta(directory: Path) -> dict[str, Any]:
+    """A checkpoint's metadata: ``epoch``, ``history`` and the ``strategy`` that wrote it."""
+    try:
+        return json.loads((directory / META).read_text())
+    except (OSError, ValueError) as err:
+        raise LoadError(f"{directory / META} is not readable checkpoint metadata: {err}") from None
 
 
 def load_optimizer_state(path: Path) -> dict[str, Any]:
@@ -58,27 +77,43 @@ def _first_sentence(text: str) -> str:
     return (text.strip().splitlines() or [""])[0].split(". ")[0]
 
 
+def read_full_state(directory: Path) -> TrainingState:
+    """A full checkpoint's training state, read safely (see :func:`load_optimizer_state`)."""
+    return TrainingState(load_safetensors(directory / WEIGHTS), load_optimizer_state(directory / OPTIMIZER),
+                         read_meta(directory))
+
+
 def read_checkpoint(checkpoint: Checkpoint) -> TrainingState:
-    """A checkpoint's training state, read safely (see :func:`load_optimizer_state`)."""
+    """A full checkpoint's training state (see :func:`read_full_state`)."""
     with checkpoint.as_directory() as directory:
-        root = Path(directory)
-        return TrainingState(load_safetensors(root / WEIGHTS), load_optimizer_state(root / OPTIMIZER),
-                             json.loads((root / META).read_text()))
+        return read_full_state(Path(directory))
 
 
 def read_weights(checkpoint: Checkpoint) -> dict[str, torch.Tensor]:
-    """The weights of a checkpoint, on CPU."""
+    """The full, unsharded weights of a checkpoint of either layout, on CPU (what packaging registers)."""
     with checkpoint.as_directory() as directory:
-        return load_safetensors(Path(directory) / WEIGHTS)
+        root = Path(directory)
+        return read_full_weights(root) if has_shards(root) else load_safetensors(root / WEIGHTS)
 
 
-def report_with_checkpoint(metrics: dict[str, float], state: TrainingState | None) -> None:
-    """``ray.train.report`` from every rank; the rank holding ``state`` (rank 0) attaches it as the checkpoint."""
+def report_with_checkpoint(metrics: dict[str, float], write: Callable[[Path], None] | None,
+                           upload: Literal["async", "sync"]) -> None:
+    """``ray.train.report`` from every rank. With ``write``, each rank first writes what it holds of the
+    checkpoint into a local directory; Ray Train uploads the ranks' directories into one checkpoint in the run's
+    storage (in the background when ``upload`` is ``async``) and registers it once every file is there, then
+    deletes the local copies. A crash mid-upload leaves the previous checkpoint as the latest."""
     import ray.train
+    from ray.train import CheckpointUploadMode
 
-    with tempfile.TemporaryDirectory() as tmp:
-        checkpoint = None
-        if state is not None:
-            save_checkpoint(Path(tmp), state)
-            checkpoint = Checkpoint.from_directory(tmp)
-        ray.train.report(metrics, checkpoint=checkpoint)
+    directory = Path(tempfile.mkdtemp(prefix="rayline-checkpoint-")) if write is not None else None
+    wrote = False
+    try:
+        if directory is not None:
+            write(directory)
+        wrote = directory is not None and any(directory.iterdir())
+        mode = CheckpointUploadMode.ASYNC if upload == "async" else CheckpointUploadMode.SYNC
+        ray.train.report(metrics, checkpoint=Checkpoint.from_directory(str(directory)) if wrote else None,
+                         checkpoint_upload_mode=mode, delete_local_checkpoint_after_upload=True)
+    finally:
+        if directory is not None and not wrote:
+            shutil.rmtree(directory, ignore_errors=True)

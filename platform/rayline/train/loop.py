@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
 from typing import Any
 
 import ray.train
@@ -17,7 +19,7 @@ from rayline.data import FEATURES
 from rayline.models import build_model
 from rayline.spec import ModelSpec, TrainSpec
 from rayline.train.activations import checkpoint_activations
-from rayline.train.checkpoint import read_checkpoint, report_with_checkpoint
+from rayline.train.checkpoint import report_with_checkpoint
 from rayline.train.precision import Stepper
 from rayline.train.routing import RoutingMeter
 from rayline.train.strategy import get_strategy
@@ -127,10 +129,10 @@ def train_loop(raw_config: dict[str, Any]) -> dict[str, Any]:
     start_epoch, resumed_from, history = 0, None, []
     checkpoint = ray.train.get_checkpoint() or (Checkpoint(config.start_from) if config.start_from else None)
     if checkpoint is not None:
-        state = read_checkpoint(checkpoint)
-        strategy.restore(model, optimizer, state)
+        with checkpoint.as_directory() as directory:
+            meta = strategy.restore(Path(directory), model, optimizer)
         _set_hyperparameters(optimizer, spec)  # the saved state carries its run's: PBT may have changed them
-        resumed_from, history = int(state.meta["epoch"]), state.meta.get("history", [])
+        resumed_from, history = int(meta["epoch"]), meta.get("history", [])
         start_epoch = resumed_from + 1
     step = Stepper(spec, optimizer, device)
     timings = {"loop_entered_at": entered_at, "setup_s": time.time() - entered_at, "epochs_s": 0.0}
@@ -154,8 +156,9 @@ def train_loop(raw_config: dict[str, Any]) -> dict[str, Any]:
         write = (epoch + 1) % spec.checkpoint_every == 0 or epoch == spec.epochs - 1
         metrics["epoch_s"] = time.perf_counter() - started
         history.append(metrics)
-        state = strategy.state(model, optimizer, {"epoch": epoch, "history": history}) if write else None
-        report_with_checkpoint(metrics, state)
+        meta = {"epoch": epoch, "history": history}
+        save = partial(strategy.save, model=model, optimizer=optimizer, meta=meta) if write else None
+        report_with_checkpoint(metrics, save, spec.checkpoint_upload)
         timings["epochs_s"] += time.perf_counter() - started
 
     tested = time.perf_counter()

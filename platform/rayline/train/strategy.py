@@ -4,13 +4,15 @@ A strategy changes wrapping and checkpointing, never the loop's shape. ``ddp`` i
 Train's ``prepare_model`` (gloo on CPU, nccl on GPU); ``fsdp`` shards parameters, gradients and optimizer state
 with PyTorch's FSDP2 (``fully_shard``), which runs on gloo too (Ray's ``prepare_model(parallel_strategy="fsdp")``
 is FSDP1 and GPU-only); ``expert_parallel`` splits a Mixture-of-Experts model's experts across the workers and
-shards the rest as FSDP does. All three checkpoint full, unsharded state on rank 0, so a checkpoint resumes on
-any worker count and the registered model is a plain state_dict.
+shards the rest as FSDP does. ``ddp`` checkpoints full state from rank 0; the sharded strategies write sharded
+distributed checkpoints, every rank its own shards, which resume on any worker count. Either way the registered
+model is a plain, full state_dict (:func:`rayline.train.checkpoint.read_weights`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import ray.train
@@ -19,7 +21,8 @@ import torch
 from torch import nn
 
 from rayline.spec import MeshSpec, TrainSpec
-from rayline.train.checkpoint import TrainingState
+from rayline.train.checkpoint import TrainingState, read_full_state, read_meta, save_checkpoint, write_meta
+from rayline.train.sharded_checkpoint import load_sharded, save_sharded
 
 if TYPE_CHECKING:
     from torch.distributed.device_mesh import DeviceMesh
@@ -38,13 +41,14 @@ class Strategy(Protocol):
         """The module to evaluate (every rank runs it on its own shard of the split, in step)."""
         ...
 
-    def state(self, model: nn.Module, optimizer: torch.optim.Optimizer,
-              meta: dict[str, Any]) -> TrainingState | None:
-        """Called on every rank at a checkpoint: rank 0 gets the full training state on CPU, the others None."""
+    def save(self, directory: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
+             meta: dict[str, Any]) -> None:
+        """Called on every rank at a checkpoint: write what this rank holds of the training state, and (rank 0)
+        ``meta``, into this rank's local ``directory``."""
         ...
 
-    def restore(self, model: nn.Module, optimizer: torch.optim.Optimizer, state: TrainingState) -> None:
-        """Load a checkpoint's full state into this rank's model and optimizer (every rank calls it)."""
+    def restore(self, directory: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+        """Load a checkpoint into this rank's model and optimizer (every rank calls it); return its metadata."""
         ...
 
 
@@ -67,17 +71,18 @@ class DataParallel:
     def unwrap(self, model: nn.Module) -> nn.Module:
         return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
-    def state(self, model: nn.Module, optimizer: torch.optim.Optimizer,
-              meta: dict[str, Any]) -> TrainingState | None:
-        if _rank() != 0:
-            return None
-        return TrainingState(_cpu(self.unwrap(model).state_dict()), optimizer.state_dict(),
-                             {**meta, "strategy": self.name})
+    def save(self, directory: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
+             meta: dict[str, Any]) -> None:
+        if _rank() == 0:
+            save_checkpoint(directory, TrainingState(_cpu(self.unwrap(model).state_dict()), optimizer.state_dict(),
+                                                     {**meta, "strategy": self.name}))
 
-    def restore(self, model: nn.Module, optimizer: torch.optim.Optimizer, state: TrainingState) -> None:
-        _same_strategy(self.name, state)
+    def restore(self, directory: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+        state = read_full_state(directory)
+        _same_strategy(self.name, state.meta)
         self.unwrap(model).load_state_dict(state.weights)
         optimizer.load_state_dict(state.optimizer)
+        return state.meta
 
 
 class FullyShardedDataParallel:
@@ -96,38 +101,23 @@ class FullyShardedDataParallel:
     def unwrap(self, model: nn.Module) -> nn.Module:
         return model
 
-    def state(self, model: nn.Module, optimizer: torch.optim.Optimizer,
-              meta: dict[str, Any]) -> TrainingState | None:
-        from torch.distributed.checkpoint.state_dict import (
-            StateDictOptions,
-            get_model_state_dict,
-            get_optimizer_state_dict,
-        )
+    def save(self, directory: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
+             meta: dict[str, Any]) -> None:
+        save_sharded(directory, model, optimizer)  # each rank its own shards; nothing is gathered
+        if _rank() == 0:
+            write_meta(directory, {**meta, "strategy": self.name})
 
-        full = StateDictOptions(full_state_dict=True, cpu_offload=True)  # gathered on rank 0 only
-        weights = get_model_state_dict(model, options=full)
-        optimizer_state = get_optimizer_state_dict(model, optimizer, options=full)
-        if _rank() != 0:
-            return None
-        return TrainingState(_cpu(weights), optimizer_state, {**meta, "strategy": self.name})
-
-    def restore(self, model: nn.Module, optimizer: torch.optim.Optimizer, state: TrainingState) -> None:
-        from torch.distributed.checkpoint.state_dict import (
-            StateDictOptions,
-            set_model_state_dict,
-            set_optimizer_state_dict,
-        )
-
-        _same_strategy(self.name, state)
-        full = StateDictOptions(full_state_dict=True)  # every rank read the full state: each keeps its shard
-        set_model_state_dict(model, state.weights, options=full)
-        set_optimizer_state_dict(model, optimizer, state.optimizer, options=full)
+    def restore(self, directory: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+        meta = read_meta(directory)
+        _same_strategy(self.name, meta)
+        load_sharded(directory, model, optimizer)  # resharded to this run's worker count
+        return meta
 
 
 class ExpertParallel(FullyShardedDataParallel):
     """A Mixture-of-Experts model on the ``(expert, data)`` mesh of ``train.mesh``: experts split over ``expert``
     (tokens reach them by ``all_to_all``), everything sharded by FSDP2 over ``data`` (see
-    :mod:`rayline.train.expert_parallel`). Checkpoints hold the full state, as FSDP's do."""
+    :mod:`rayline.train.expert_parallel`). Checkpoints are sharded, as FSDP's are."""
 
     name = "expert_parallel"
 
@@ -152,9 +142,9 @@ def shard_parameter_owners(model: nn.Module, mesh: DeviceMesh, skip: Collection[
     return fully_shard(model, mesh=mesh)
 
 
-def _same_strategy(name: str, state: TrainingState) -> None:
-    """Optimizer state is laid out per strategy (DDP's by parameter index, FSDP's by parameter name)."""
-    written = state.meta.get("strategy", "ddp")
+def _same_strategy(name: str, meta: dict[str, Any]) -> None:
+    """Checkpoints are laid out per strategy (DDP's full and by parameter index, the others' sharded)."""
+    written = meta.get("strategy", "ddp")
     if written != name:
         raise ValueError(f"this checkpoint was written by train.strategy {written!r}; it cannot resume under "
                          f"{name!r}")
