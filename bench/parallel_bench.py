@@ -30,6 +30,9 @@ The sections (``--sections``, comma-separated; all by default):
   tokens; the median of timed iterations after warm-up. Runs before the platform starts, without Ray.
 * ``precision``: the ``fsdp`` section's wide MLP under DDP, ``train.precision`` bf16 against fp32 (the fp32 run
   is the ``fsdp`` section's when both run).
+* ``checkpoint``: the same wide MLP under DDP with a checkpoint after every epoch (weights and Adam state: 1.2 GB
+  from rank 0), one more epoch, ``train.checkpoint_upload`` sync against async: the run's ``epochs`` stage (every
+  epoch's training, validation, report and checkpoint, on rank 0's clock) beside the training alone (samples/s).
 
 Everything that needs Ray runs on an embedded platform of this script's own (``--state-dir``), stopped at the end.
 Every section prints a markdown table and its ratios against the issue's goals; ``--json`` gets all of it.
@@ -71,7 +74,7 @@ from train_bench import (
 # isort: split
 import rayline  # this checkout's: importing train_bench put its platform/ first on sys.path
 
-SECTIONS = ("fsdp", "moe", "dispatch", "precision")
+SECTIONS = ("fsdp", "moe", "dispatch", "precision", "checkpoint")
 WORKER = "RayTrainWorker"  # in the process title of Ray Train's worker actors
 WIDE = {"full": [4096] * 7, "quick": [256, 256]}  # the wide MLP's hidden layers, unless --mlp-hidden
 MOE_QUICK_SOURCE = "synthetic://mixture?rows=4000&features=16&classes=4&regimes=4&skew=70&seed=0"
@@ -109,6 +112,7 @@ class TrainRun:
     wall_s: float
     memory: WorkerMemory | None = None
     test_accuracy: float | None = None
+    epochs_stage_s: float | None = None  # every epoch's training, validation, report and checkpoint
 
 
 @dataclass
@@ -199,14 +203,25 @@ class PrecisionSection:
 
 
 @dataclass
+class CheckpointSection:
+    sync: TrainRun
+    background: TrainRun
+
+    def ratios(self) -> list[Ratio]:
+        return [ratio("async / sync upload, the epochs stage (s)", self.background.epochs_stage_s or 0.0,
+                      self.sync.epochs_stage_s or 1.0)]
+
+
+@dataclass
 class Results:
     fsdp: FsdpSection | None = None
     moe: MoESection | None = None
     dispatch: list[DispatchResult] = field(default_factory=list)
     precision: PrecisionSection | None = None
+    checkpoint: CheckpointSection | None = None
 
     def ratios(self) -> list[Ratio]:
-        sections = [s.ratios() for s in (self.fsdp, self.moe, self.precision) if s]
+        sections = [s.ratios() for s in (self.fsdp, self.moe, self.precision, self.checkpoint) if s]
         return [*(d.ratio() for d in self.dispatch), *itertools.chain.from_iterable(sections)]
 
 
@@ -302,13 +317,14 @@ class Bench:
         return rayline.load_spec(ROOT / "pipelines" / pipeline, {**overrides, "tracking.experiment": "bench-parallel",
                                                                  "tracking.model_name": f"bench-parallel-{slug}"})
 
-    def wide_mlp(self, strategy: str, precision: str = "fp32") -> dict[str, Any]:
+    def wide_mlp(self, strategy: str, precision: str = "fp32", upload: str = "async",
+                 every_epoch: bool = False) -> dict[str, Any]:
         """Overrides of ``pipelines/fsdp.yaml`` for the wide MLP (one batch per step: the peer does not
-        accumulate)."""
-        epochs = 1 if self.quick else 2
+        accumulate); a checkpoint after the last epoch, or after ``every_epoch`` (then one more epoch)."""
+        epochs = (1 if self.quick else 2) + every_epoch
         return {"model.params": {"hidden": self.mlp_hidden}, "train.strategy": strategy,
                 "train.precision": precision, "train.grad_accum_steps": 1, "train.epochs": epochs,
-                "train.checkpoint_every": epochs}
+                "train.checkpoint_every": 1 if every_epoch else epochs, "train.checkpoint_upload": upload}
 
     def moe(self, extra: dict[str, Any] | None = None) -> dict[str, Any]:
         """Overrides of ``pipelines/moe.yaml``: none but ``extra``, unless quick."""
@@ -325,7 +341,8 @@ class Bench:
             result, wall = run_rayline(self.platform, spec)
         rates = epoch_history(self.platform, result.run_id, "samples_per_s")
         memory = worker_memory(samples, training_until(self.platform, result.run_id, spec.train.epochs))
-        self.runs[label] = TrainRun(label, steady(rates), rates, wall, memory, result.metrics.get("test_accuracy"))
+        self.runs[label] = TrainRun(label, steady(rates), rates, wall, memory, result.metrics.get("test_accuracy"),
+                                    result.stages.get("epochs"))
         return self.runs[label]
 
     def training_rows(self, spec: rayline.PipelineSpec) -> Path:
@@ -452,6 +469,18 @@ def bench_precision(bench: Bench) -> PrecisionSection:
                                             bench.wide_mlp("ddp", precision)) for precision in ("fp32", "bf16")))
 
 
+def bench_checkpoint(bench: Bench) -> CheckpointSection:
+    return CheckpointSection(*(bench.rayline(f"wide MLP, rayline DDP, checkpoint every epoch, {upload} upload",
+                                             "fsdp.yaml", bench.wide_mlp("ddp", upload=upload, every_epoch=True))
+                               for upload in ("sync", "async")))
+
+
+def epoch_table(runs: Sequence[TrainRun]) -> list[str]:
+    return ["| run | epochs stage (s) | samples/s (training only) | run s |", "|---|---|---|---|",
+            *(f"| {run.label} | {run.epochs_stage_s or 0.0:.1f} | {run.samples_per_s:,.0f} | {run.wall_s:.1f} |"
+              for run in runs)]
+
+
 def run_table(runs: Sequence[TrainRun], unit: str = "samples/s") -> list[str]:
     lines = [f"| run | {unit} | per epoch | peak RSS per worker, training (MiB) | incl. checkpoint (MiB) | "
              "base (MiB) | peak - base (MiB) | test accuracy | run s |", "|---|---|---|---|---|---|---|---|---|"]
@@ -496,6 +525,10 @@ def report(results: Results) -> str:
         section = results.precision
         lines += ["## bf16 vs fp32", "", *run_table([section.fp32, section.bf16]), "",
                   *ratio_table(section.ratios()), ""]
+    if results.checkpoint:
+        section = results.checkpoint
+        lines += ["## Checkpoint upload: async vs sync", "", *epoch_table([section.sync, section.background]), "",
+                  *ratio_table(section.ratios()), ""]
     return "\n".join(lines)
 
 
@@ -517,6 +550,8 @@ def run_sections(sections: Sequence[str], state_dir: Path, quick: bool, mlp_hidd
                 results.moe = bench_moe(bench)
             if "precision" in sections:
                 results.precision = bench_precision(bench)
+            if "checkpoint" in sections:
+                results.checkpoint = bench_checkpoint(bench)
     finally:
         import ray
 
