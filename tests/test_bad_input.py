@@ -48,6 +48,13 @@ CASES = {
                                "preprocess": []}, "data.source", "zero rows"),
     "more workers than the cluster holds": (lambda tmp: {"train.scaling.num_workers": 64},
                                             "train.scaling.num_workers", "never fit"),
+    "a worker range whose minimum the cluster never holds": (lambda tmp: {"train.scaling.num_workers": [64, 128]},
+                                                             "train.scaling.num_workers", "64 workers"),
+    "a worker range upside down": (lambda tmp: {"train.scaling.num_workers": [2, 1]}, "train.scaling.num_workers",
+                                   "min <= max"),
+    "a worker range under expert parallelism": (
+        lambda tmp: {"train.strategy": "expert_parallel", "model": {"name": "moe"},
+                     "train.scaling.num_workers": [1, 2]}, "train.scaling.num_workers", "fixed mesh"),
     "resources no node has": (lambda tmp: {"train.scaling.resources_per_worker": {"CPU": 64}},
                               "train.scaling.resources_per_worker", "no node"),
     "GPU on a CPU-only cluster": (lambda tmp: {"train.scaling.use_gpu": True}, "train.scaling.use_gpu", "GPU"),

@@ -20,14 +20,15 @@ def worker_bundle(scaling: ScalingSpec) -> dict[str, float]:
 
 
 def check_placeable(scaling: ScalingSpec, nodes: list[dict[str, float]] | None = None) -> None:
-    """Raise :class:`SpecError` if ``num_workers`` bundles cannot fit on the alive nodes' total resources."""
+    """Raise :class:`SpecError` if ``num_workers`` bundles (the minimum of a range) cannot fit on the alive nodes'
+    total resources."""
     if nodes is None:
         nodes = [node["Resources"] for node in ray.nodes() if node["Alive"]]
     bundle = worker_bundle(scaling)
 
     def fits(node: dict[str, float]) -> int:
         return min((math.floor(node.get(name, 0.0) / amount + 1e-9) for name, amount in bundle.items()),
-                   default=scaling.num_workers)
+                   default=scaling.max_workers)
 
     per_node = [fits(node) for node in nodes]
     if not any(per_node):
@@ -36,8 +37,8 @@ def check_placeable(scaling: ScalingSpec, nodes: list[dict[str, float]] | None =
         gpu_only = scaling.use_gpu and short == ["GPU"]
         field = "train.scaling.use_gpu" if gpu_only else "train.scaling.resources_per_worker"
         raise SpecError(f"one worker asks for {bundle}, but no node has that much (largest: {largest})", field=field)
-    if sum(per_node) < scaling.num_workers:
-        raise SpecError(f"{scaling.num_workers} workers of {bundle} never fit: the cluster holds at most "
+    if sum(per_node) < scaling.min_workers:
+        raise SpecError(f"{scaling.min_workers} workers of {bundle} never fit: the cluster holds at most "
                         f"{sum(per_node)}", field="train.scaling.num_workers")
 
 

@@ -123,7 +123,7 @@ def _tracked_run(spec: PipelineSpec, platform: Platform, prepared: PreparedData,
         tracking.log_metrics(uri, run_id, {f"rows_{name}": n for name, n in prepared.counts.items()})
 
     scaling = spec.train.scaling
-    progress("train", f"{scaling.num_workers} worker(s), {'GPU' if scaling.use_gpu else 'CPU'}, "
+    progress("train", f"{scaling.workers_text} worker(s), {'GPU' if scaling.use_gpu else 'CPU'}, "
              f"{spec.train.epochs} epochs")
     with epoch_progress(uri, run_id, spec.train.epochs, progress):
         outcome = fit(spec, prepared, platform.storage_uri, run_name=f"{spec.name}-{run_id[:12]}",
@@ -139,7 +139,7 @@ def _tracked_run(spec: PipelineSpec, platform: Platform, prepared: PreparedData,
                  f"{outcome.resumed_from_epoch}")
     cost = spec.tracking.cost
     metrics = {**outcome.test_metrics, **tracking.cost_metrics(
-        outcome.wall_s, scaling.num_workers, scaling.resources_per_worker, scaling.use_gpu,
+        outcome.wall_s, scaling.max_workers, scaling.resources_per_worker, scaling.use_gpu,
         cost.cpu_hour, cost.gpu_hour)}
     progress("train", ", ".join(f"{k}={v:.4f}" for k, v in outcome.test_metrics.items())
              + f" in {outcome.wall_s:.1f} s")

@@ -9,6 +9,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PositiveInt,
     PrivateAttr,
     ValidationInfo,
     field_validator,
@@ -127,9 +128,21 @@ class ModelSpec(Strict):
 class ScalingSpec(Strict):
     """How many Ray Train workers, and what each one reserves."""
 
-    num_workers: int = Field(2, ge=1)
+    num_workers: PositiveInt | tuple[PositiveInt, PositiveInt] = Field(
+        2, description="workers; [min, max]: elastic, starts with as many as fit (up to max), goes on with fewer "
+                       "(down to min) from the latest checkpoint when workers or nodes are lost, and grows back "
+                       "when resources return")
+    elastic_resize_interval_s: float = Field(
+        60.0, gt=0, description="elastic only: how often a running group checks whether more workers now fit")
     use_gpu: bool = False
     resources_per_worker: dict[str, float] = Field(default_factory=lambda: {"CPU": 1.0})
+
+    @field_validator("num_workers")
+    @classmethod
+    def _ordered_range(cls, num_workers: int | tuple[int, int]) -> int | tuple[int, int]:
+        if isinstance(num_workers, tuple) and num_workers[0] > num_workers[1]:
+            raise ValueError(f"a worker range is [min, max] with min <= max, not {list(num_workers)}")
+        return num_workers
 
     @model_validator(mode="after")
     def _positive_resources(self) -> ScalingSpec:
@@ -137,6 +150,26 @@ class ScalingSpec(Strict):
         if bad:
             raise ValueError(f"resources_per_worker must not be negative: {bad}")
         return self
+
+    @property
+    def elastic(self) -> bool:
+        """Whether ``num_workers`` is a range."""
+        return isinstance(self.num_workers, tuple)
+
+    @property
+    def min_workers(self) -> int:
+        """The fewest workers the run trains with."""
+        return self.num_workers[0] if isinstance(self.num_workers, tuple) else self.num_workers
+
+    @property
+    def max_workers(self) -> int:
+        """The most workers the run trains with (what it asks for)."""
+        return self.num_workers[1] if isinstance(self.num_workers, tuple) else self.num_workers
+
+    @property
+    def workers_text(self) -> str:
+        """``2``, or ``1-2`` for a range."""
+        return f"{self.min_workers}-{self.max_workers}" if self.elastic else str(self.num_workers)
 
 
 class MeshSpec(Strict):
@@ -187,7 +220,7 @@ class TrainSpec(Strict):
         if info.data.get("strategy") != "expert_parallel":
             raise ValueError("a mesh is for strategy: expert_parallel")
         scaling = info.data.get("scaling")
-        if scaling is not None and mesh.data * mesh.expert != scaling.num_workers:
+        if scaling is not None and not scaling.elastic and mesh.data * mesh.expert != scaling.num_workers:
             raise ValueError(f"data ({mesh.data}) * expert ({mesh.expert}) must equal scaling.num_workers "
                              f"({scaling.num_workers})")
         return mesh
@@ -195,7 +228,14 @@ class TrainSpec(Strict):
     @property
     def device_mesh(self) -> MeshSpec:
         """The mesh expert_parallel runs on: the spec's, or every worker on the expert dimension."""
-        return self.mesh or MeshSpec(data=1, expert=self.scaling.num_workers)
+        return self.mesh or MeshSpec(data=1, expert=self.scaling.max_workers)
+
+    @model_validator(mode="after")
+    def _fixed_workers_for_a_mesh(self) -> TrainSpec:
+        if self.strategy == "expert_parallel" and self.scaling.elastic:
+            raise SpecError("expert_parallel splits the experts over a fixed mesh: give a worker count, not a range",
+                            field="train.scaling.num_workers")
+        return self
 
     @field_validator("precision")
     @classmethod

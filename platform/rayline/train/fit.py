@@ -65,6 +65,9 @@ def fit(spec: PipelineSpec, prepared: PreparedData, storage_uri: str, run_name: 
 
     ``callbacks`` join Ray Train's (a sweep's trial passes one that reports to Ray Tune). ``start_from``: the
     weights, optimizer state and epoch to start from when run ``run_name`` has no checkpoint of its own."""
+    scaling = spec.train.scaling
+    # an elastic run's worker count changes between restarts: its splits are split for each worker group
+    presharded = frozenset() if scaling.elastic else prepared.materialized
     config = LoopConfig(
         model=spec.model.model_dump(),
         train=spec.train.model_dump(),
@@ -73,17 +76,17 @@ def fit(spec: PipelineSpec, prepared: PreparedData, storage_uri: str, run_name: 
         num_features=prepared.preprocessor.num_features,
         num_outputs=prepared.preprocessor.num_outputs,
         splits=list(prepared.datasets),
-        presharded=sorted(prepared.materialized),
+        presharded=sorted(presharded),
         start_from=_uri(start_from) if start_from else None,
     )
-    scaling = spec.train.scaling
-    datasets, data_config = _worker_datasets(prepared, scaling.num_workers)
+    datasets, data_config = _worker_datasets(prepared, presharded, scaling.min_workers)
     trainer = TorchTrainer(
         train_loop,
         train_loop_config=asdict(config),
         torch_config=TorchConfig(timeout_s=spec.train.collective_timeout_s),
         scaling_config=ScalingConfig(num_workers=scaling.num_workers, use_gpu=scaling.use_gpu,
-                                     resources_per_worker=dict(scaling.resources_per_worker)),
+                                     resources_per_worker=dict(scaling.resources_per_worker),
+                                     elastic_resize_monitor_interval_s=scaling.elastic_resize_interval_s),
         datasets=datasets,
         dataset_config=data_config,
         run_config=RunConfig(
@@ -144,19 +147,20 @@ def _last_line(text: str) -> str:
     return lines[-1] if lines else text
 
 
-def _worker_datasets(prepared: PreparedData, workers: int) -> tuple[dict[str, Dataset], DataConfig]:
-    """What each worker iterates. Materialized splits are cut once into equal per-rank shards
-    (``Dataset.split``, named ``<split>_rank<rank>``): an epoch then reads blocks already in the object store,
-    with no split coordinator to start or to synchronise with. Streamed splits go through Ray Train's
-    ``streaming_split``, which reads the prepared Parquet again each epoch."""
+def _worker_datasets(prepared: PreparedData, presharded: frozenset[str],
+                     workers: int) -> tuple[dict[str, Dataset], DataConfig]:
+    """What each worker iterates. The ``presharded`` splits (materialized ones, with a fixed worker count) are cut
+    once into equal per-rank shards (``Dataset.split``, named ``<split>_rank<rank>``): an epoch then reads blocks
+    already in the object store, with no split coordinator to start or to synchronise with. The others go through
+    Ray Train's ``streaming_split``, for each worker group (streamed splits read the prepared Parquet again each
+    epoch)."""
     datasets: dict[str, Dataset] = {}
     for name, dataset in prepared.datasets.items():
-        if name in prepared.materialized:
+        if name in presharded:
             datasets |= {f"{name}_rank{rank}": shard for rank, shard in enumerate(dataset.split(workers, equal=True))}
         else:
             datasets[name] = dataset
-    streamed = [name for name in prepared.datasets if name not in prepared.materialized]
-    return datasets, DataConfig(datasets_to_split=streamed)
+    return datasets, DataConfig(datasets_to_split=[name for name in prepared.datasets if name not in presharded])
 
 
 def _stages(timings: dict[str, float], started_at: float, finished_at: float) -> dict[str, float]:

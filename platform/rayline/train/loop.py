@@ -147,7 +147,8 @@ def train_loop(raw_config: dict[str, Any]) -> dict[str, Any]:
             step.backward(loss)
         step.flush()
         train_s = time.perf_counter() - started
-        metrics = {"epoch": epoch, **scorer.result("train"), **routing.result(), "epoch_train_s": train_s}
+        metrics = {"epoch": epoch, "workers": ray.train.get_context().get_world_size(), **scorer.result("train"),
+                   **routing.result(), "epoch_train_s": train_s}
         metrics["samples_per_s"] = metrics["train_rows"] / max(train_s, 1e-9)
         if "validation" in config.splits:
             validated = time.perf_counter()

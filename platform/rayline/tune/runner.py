@@ -153,7 +153,7 @@ def _largest_trial(sweep: SweepSpec, base: PipelineSpec, document: dict[str, Any
     """The trial with the most workers the search space can draw; refused if the cluster can never place it."""
     largest = max((trial_spec(document, {path: value}) for path, domain in sweep.search_space.items()
                    for value in domain.samples() if path.startswith("train.scaling")),
-                  key=lambda spec: spec.train.scaling.num_workers, default=base)
+                  key=lambda spec: spec.train.scaling.max_workers, default=base)
     check_placeable(largest.train.scaling)
     return largest
 
@@ -166,7 +166,7 @@ def _concurrency(sweep: SweepSpec, largest: PipelineSpec, prepared: PreparedData
     scaling = largest.train.scaling
     footprint = {"CPU": TRIAL_CPU}
     for name, amount in worker_bundle(scaling).items():
-        footprint[name] = footprint.get(name, 0.0) + scaling.num_workers * amount
+        footprint[name] = footprint.get(name, 0.0) + scaling.max_workers * amount
     available = capacity()
     if not prepared.cached:
         available["CPU"] = available.get("CPU", 0.0) - DATA_CPU
