@@ -17,9 +17,9 @@ The sections (``--sections``, comma-separated; all by default):
   torch thread each) on the rayline split's training rows. Samples/s are the mean of the epochs after the
   first. Peak memory per worker: every 0.2 s the resident set size and its high-water mark (``VmHWM``, what
   ``ru_maxrss`` reports for the torchrun ranks) of this platform's ``RayTrainWorker`` processes. "training" is
-  the high-water mark when the next-to-last epoch was reported: the last epoch writes the checkpoint, for which
-  FSDP's rank 0 gathers the full weights and Adam state (the "incl. checkpoint" column); with one epoch
-  (``--quick``) both are the same. "base" is a rayline worker's RSS when a scan (every second) first finds it,
+  the high-water mark when the next-to-last epoch was reported; "incl. checkpoint" includes the last epoch, which
+  writes the checkpoint (DDP's rank 0 the full weights and Adam state, each FSDP rank its own shards); with one
+  epoch (``--quick``) both are the same. "base" is a rayline worker's RSS when a scan (every second) first finds it,
   wherever its start-up then is (a rough baseline), and a torchrun rank's right before it builds the model.
 * ``moe``: ``pipelines/moe.yaml`` (expert parallel, 2 workers; then 4 workers on a 2 x 2 (data x expert) mesh,
   half a CPU each) against the same MoEMLP trained in this process with 2 torch threads on the global batch
