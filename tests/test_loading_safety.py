@@ -31,7 +31,7 @@ from rayline.models import ALLOWED_MODULES_ENV, MLP, check_allowed
 from rayline.packaged.layout import MODEL_SPEC, WEIGHTS
 from rayline.packaged.model import LoadError, PackagedModel
 from rayline.spec import ModelSpec, ModelUri, load_service_spec
-from rayline.train.checkpoint import OPTIMIZER, TrainingState, read_checkpoint, read_weights, save_checkpoint
+from rayline.train.checkpoint import OPTIMIZER, TrainingState, read_full_state, read_weights, save_checkpoint
 from rayline.train.sharded_checkpoint import SHARDS, load_sharded, save_sharded
 
 ROOT = Path(__file__).parents[1]
@@ -91,7 +91,7 @@ def checkpoint_dir(tmp_path: Path) -> Path:
 
 def _restore(directory: Path) -> dict[str, object]:
     """Read the checkpoint and load it into a fresh model and optimizer; return its metadata."""
-    state = read_checkpoint(Checkpoint.from_directory(str(directory)))
+    state = read_full_state(directory)
     model = MLP(len(COLUMNS), 1, hidden=[4])
     model.load_state_dict(state.weights)
     torch.optim.Adam(model.parameters()).load_state_dict(state.optimizer)

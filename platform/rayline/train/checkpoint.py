@@ -83,12 +83,6 @@ def read_full_state(directory: Path) -> TrainingState:
                          read_meta(directory))
 
 
-def read_checkpoint(checkpoint: Checkpoint) -> TrainingState:
-    """A full checkpoint's training state (see :func:`read_full_state`)."""
-    with checkpoint.as_directory() as directory:
-        return read_full_state(Path(directory))
-
-
 def read_weights(checkpoint: Checkpoint) -> dict[str, torch.Tensor]:
     """The full, unsharded weights of a checkpoint of either layout, on CPU (what packaging registers)."""
     with checkpoint.as_directory() as directory:
