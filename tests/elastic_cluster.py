@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import sys
 import threading
 import time
@@ -24,6 +23,7 @@ from typing import Any
 
 import rayline  # noqa: F401  (first: it turns Ray's token authentication on before Ray is imported)
 from rayline.cluster.embedded import RAY_POINTER
+from rayline.cluster.processes import free_port
 from rayline.data import prepare
 from rayline.spec import load_spec
 from rayline.train import TrainOutcome, fit
@@ -33,12 +33,6 @@ SLOT = "trainer"
 RUN = "elastic"
 EPOCHS = 8
 DEADLINE_S = 300
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _checkpointed_with(storage: Path, workers: int) -> bool:
@@ -67,13 +61,13 @@ def main(workdir: Path) -> dict[str, Any]:
     from ray.util import get_node_ip_address
 
     pointer = RAY_POINTER.read_text() if RAY_POINTER.is_file() else None  # the test session's cluster
-    port = _free_port()
+    port = free_port()
     # The nodes' processes inherit the address: Ray Train's placement-group cleaner finds its cluster by it while
     # the test session's platform runs on the same machine.
     # (on the machine's address: Ray's nodes bind loopback only in single-node mode, which a cluster is not)
     os.environ["RAY_ADDRESS"] = f"{get_node_ip_address()}:{port}"
     cluster = Cluster(initialize_head=True, head_node_args={
-        "gcs_server_port": port, "num_cpus": 1, "include_dashboard": True, "dashboard_port": _free_port()})
+        "gcs_server_port": port, "num_cpus": 1, "include_dashboard": True, "dashboard_port": free_port()})
     try:
         nodes = [cluster.add_node(num_cpus=0, resources={SLOT: 1}) for _ in range(2)]
         cluster.wait_for_nodes()

@@ -16,10 +16,10 @@ import torch.nn.functional as F
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from torch.distributed.device_mesh import init_device_mesh
 
+from rayline.cluster.processes import free_port
 from rayline.models import build_model
 from rayline.spec import ModelSpec
 from rayline.train.strategy import shard_parameter_owners
-from test_moe import _free_port
 
 FEATURES, CLASSES, HALF_BATCH, STEPS = 12, 4, 16, 6
 MODEL = ModelSpec(name="mlp", params={"hidden": [32, 16]})  # no dropout: every way computes the same thing
@@ -78,7 +78,7 @@ def _rank(rank: int, port: int, results: dict) -> None:
 def runs() -> dict:
     with mp.Manager() as manager:
         results = manager.dict()
-        mp.spawn(_rank, args=(_free_port(), results), nprocs=2)
+        mp.spawn(_rank, args=(free_port(), results), nprocs=2)
         return dict(results)
 
 

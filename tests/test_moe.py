@@ -4,7 +4,6 @@ expert parallelism over real gloo process groups (2 and 4 processes) against the
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 
 import pytest
@@ -14,6 +13,7 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
+from rayline.cluster.processes import free_port
 from rayline.data.sources import SYNTHETIC_DEFAULTS, mixture
 from rayline.models.moe import MoELayer, MoEMLP
 from rayline.train.expert_parallel import expert_data_mesh, shard_model
@@ -97,12 +97,6 @@ def test_the_auxiliary_loss_lowers_imbalance_on_a_skewed_task() -> None:
     assert balanced < unbalanced - 0.2 and balanced_drops < unbalanced_drops
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def _expert_parallel_worker(rank: int, expert: int, data: int, port: int, checkpoint: Path, results: dict) -> None:
     """One rank: the sharded model against the same model in one process, on this rank's batch (outputs), on
     the batches of every rank (three SGD steps), and restored from a sharded checkpoint into a fresh sharded
@@ -170,7 +164,7 @@ def _expert_parallel_worker(rank: int, expert: int, data: int, port: int, checkp
 def test_expert_parallel_computes_what_one_process_does(expert: int, data: int, tmp_path: Path) -> None:
     with mp.Manager() as manager:
         results = manager.dict()
-        mp.spawn(_expert_parallel_worker, args=(expert, data, _free_port(), tmp_path, results), nprocs=expert * data)
+        mp.spawn(_expert_parallel_worker, args=(expert, data, free_port(), tmp_path, results), nprocs=expert * data)
         results = dict(results)
     assert sorted(results) == list(range(expert * data))
     for rank, result in results.items():
