@@ -36,6 +36,7 @@ if TYPE_CHECKING:
         RaylineError,
         ServiceSpec,
         SpecError,
+        SubmittedRun,
         SweepResult,
         SweepSpec,
         connect,
@@ -52,6 +53,7 @@ if TYPE_CHECKING:
         serve_status,
         shutdown,
         status,
+        submit,
         tune,
         up,
     )
@@ -72,6 +74,7 @@ __all__ = [
     "RaylineError",
     "ServiceSpec",
     "SpecError",
+    "SubmittedRun",
     "SweepResult",
     "SweepSpec",
     "connect",
@@ -88,6 +91,7 @@ __all__ = [
     "serve_status",
     "shutdown",
     "status",
+    "submit",
     "tune",
     "up",
 ]

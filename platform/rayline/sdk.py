@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from rayline.cluster import DEFAULT_STATE_DIR, Platform, connect
@@ -16,6 +17,8 @@ from rayline.errors import SpecError as SpecError
 from rayline.inference.batch import BatchPrediction, predict_batch
 from rayline.pipeline import PipelineResult, Progress
 from rayline.pipeline import run as _run_pipeline
+from rayline.pipeline.submit import SubmittedRun
+from rayline.pipeline.submit import submit as _submit
 from rayline.serving import Endpoint, write_serve_config
 from rayline.serving import deploy as _deploy
 from rayline.serving import shutdown as _shutdown
@@ -46,16 +49,18 @@ def run(
     state_dir: str | Path = DEFAULT_STATE_DIR,
     progress: Progress | None = None,
     verbose: bool = False,
+    run_name: str | None = None,
 ) -> PipelineResult:
     """Run a pipeline spec end to end and return its result.
 
     With no addresses (arguments or ``RAY_ADDRESS`` / ``MLFLOW_TRACKING_URI``), the embedded local
     platform in ``state_dir`` is started or reused. ``progress(stage, message)`` receives progress lines;
-    ``verbose`` streams Ray's worker logs.
+    ``verbose`` streams Ray's worker logs. ``run_name`` names the run: running again under the same name after
+    a failure resumes its training from the last checkpoint (a finished run's name is refused).
     """
     loaded = with_overrides(spec, overrides) if isinstance(spec, PipelineSpec) else load_spec(spec, overrides)
     platform = connect(ray_address, tracking_uri, storage_uri, state_dir)
-    return _run_pipeline(loaded, platform, progress, verbose)
+    return _run_pipeline(loaded, platform, progress, verbose, run_name)
 
 
 def tune(
@@ -75,6 +80,39 @@ def tune(
     sweep's latest interrupted run without re-running its finished trials."""
     loaded = spec if isinstance(spec, SweepSpec) else load_sweep_spec(spec, overrides)
     return run_sweep(loaded, connect(ray_address, tracking_uri, storage_uri, state_dir), progress, resume)
+
+
+def submit(
+    spec: str | Path,
+    overrides: Sequence[str] = (),
+    *,
+    address: str | None = None,
+    working_dir: str | Path = ".",
+    run_name: str | None = None,
+    excludes: Sequence[str] = (),
+    command: str = "rayline",
+    state_dir: str | Path = DEFAULT_STATE_DIR,
+    on_log: Callable[[str], None] | None = None,
+    on_submitted: Callable[[str], None] | None = None,
+) -> SubmittedRun:
+    """Submit a pipeline spec as a Ray job (``rayline run`` on the cluster) and follow it to its end: its log goes
+    to ``on_log`` as it grows; the result has the job's final status and the MLflow run it finished.
+
+    ``address`` is the cluster's dashboard (``http://head:8265``), else ``RAY_API_SERVER_ADDRESS``, else the
+    running embedded platform's. ``working_dir`` (holding the spec) is uploaded without state, caches, virtual
+    environments and ``excludes``. Submitting again under the same ``run_name`` resumes from the last checkpoint.
+    """
+    target = address or os.environ.get("RAY_API_SERVER_ADDRESS") or _running_dashboard(state_dir)
+    return _submit(spec, list(overrides), target, working_dir=working_dir, run_name=run_name, excludes=excludes,
+                   command=command, on_log=on_log, on_submitted=on_submitted)
+
+
+def _running_dashboard(state_dir: str | Path) -> str:
+    found = _status(state_dir)
+    if not found["running"]:
+        raise RaylineError(f"no --address given and no platform is running from {found['state_dir']}: pass the "
+                           "cluster's dashboard address (http://head:8265) or start one with `rayline up`")
+    return str(found["dashboard_url"])
 
 
 def serve(

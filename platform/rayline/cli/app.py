@@ -13,6 +13,7 @@ import typer
 
 import rayline
 from rayline import DEFAULT_STATE_DIR, RaylineError, SpecError
+from rayline.pipeline.summary import summary_lines
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Ray Data → Ray Train → MLflow, from one spec.")
 
@@ -20,6 +21,8 @@ StateDir = Annotated[Path, typer.Option("--state-dir", envvar="RAYLINE_STATE_DIR
                                         help="where the embedded platform keeps its state")]
 
 
+RunName = Annotated[str | None, typer.Option(help="name the run: a re-run under the same name resumes its training "
+                                             "from the last checkpoint")]
 TrackingUri = Annotated[str | None, typer.Option(envvar="MLFLOW_TRACKING_URI", help="existing MLflow server")]
 
 
@@ -67,6 +70,7 @@ def run(
                                                 help="checkpoint/data storage URI shared by all nodes")] = None,
     state_dir: StateDir = Path(DEFAULT_STATE_DIR),
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="stream Ray's worker logs")] = False,
+    run_name: RunName = None,
 ) -> None:
     """Run a pipeline: data → train → evaluate → register."""
     if not ray_address:
@@ -75,20 +79,16 @@ def run(
         loaded = rayline.load_spec(spec, overrides or [])
         _stage("spec", f"{spec}: pipeline {loaded.name!r}, model {loaded.model.name}")
         result = rayline.run(loaded, ray_address=ray_address, tracking_uri=tracking_uri, storage_uri=storage,
-                             state_dir=state_dir, progress=_stage, verbose=verbose)
+                             state_dir=state_dir, progress=_stage, verbose=verbose, run_name=run_name)
     except SpecError as err:
         raise _fail(err, 2) from None
     except RaylineError as err:
         raise _fail(err, 1) from None
     typer.echo("")
-    typer.secho(f"pipeline {loaded.name} finished in {result.wall_s:.1f} s", bold=True)
-    for key, value in result.metrics.items():
-        typer.echo(f"  {key:<14} {value:.4f}")
-    typer.echo(f"  run id         {result.run_id}")
-    typer.echo(f"  model          {result.model_uri}  (version {result.model_version})")
-    typer.echo(f"  promotion      {'PROMOTED' if result.promotion.promoted else 'kept'}: {result.promotion.reason}")
-    typer.echo(f"  MLflow UI      {result.run_url}")
-    typer.echo("  stages (s)     " + " | ".join(f"{name} {seconds:.1f}" for name, seconds in result.stages.items()))
+    headline, *lines = summary_lines(loaded.name, result)
+    typer.secho(headline, bold=True)
+    for line in lines:
+        typer.echo(line)
 
 
 @app.command("tune")
@@ -243,6 +243,38 @@ def rollback(
     except Exception as err:
         raise _fail(err, 1) from None
     typer.echo(f"{name}@{alias} -> version {version}")
+
+
+@app.command()
+def submit(
+    spec: Annotated[Path, typer.Argument(help="pipeline spec (YAML), inside the working directory")],
+    overrides: Annotated[list[str] | None, typer.Option("--set", help="override a field: a.b=value")] = None,
+    address: Annotated[str | None, typer.Option(envvar="RAY_API_SERVER_ADDRESS",
+                                                help="the cluster's dashboard, http://head:8265 (default: the "
+                                                     "running embedded platform's)")] = None,
+    working_dir: Annotated[Path, typer.Option(help="uploaded as the job's working directory")] = Path("."),
+    run_name: RunName = None,
+    exclude: Annotated[list[str] | None, typer.Option(help="leave matching files out of the upload (gitignore "
+                                                           "syntax)")] = None,
+    command: Annotated[str, typer.Option(help="how the cluster's nodes run rayline")] = "rayline",
+    state_dir: StateDir = Path(DEFAULT_STATE_DIR),
+) -> None:
+    """Run a pipeline on a Ray cluster as a Ray job: upload, stream its log, end with its status and MLflow run."""
+    try:
+        job = rayline.submit(spec, overrides or [], address=address, working_dir=working_dir, run_name=run_name,
+                             excludes=exclude or [], command=command, state_dir=state_dir,
+                             on_submitted=lambda job_id: _stage("job", f"submitted {job_id}"),
+                             on_log=lambda text: typer.echo(text, nl=False))
+    except SpecError as err:
+        raise _fail(err, 2) from None
+    except RaylineError as err:
+        raise _fail(err, 1) from None
+    typer.echo("")
+    typer.secho(f"job {job.job_id} {job.status}" + (f": {job.message}" if not job.succeeded else ""), bold=True)
+    if job.run is not None:
+        typer.echo(f"  run id         {job.run.run_id}\n  MLflow UI      {job.run.run_url}")
+    if not job.succeeded:
+        raise typer.Exit(1)
 
 
 def main() -> None:

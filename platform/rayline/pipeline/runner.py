@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,6 +24,8 @@ from rayline.stages import StageClock
 from rayline.train import fit
 
 Progress = Callable[[str, str], None]
+RUN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
+RESUMES_TAG = "rayline.resumes_run"  # on a named run's later attempt: the id of the attempt whose training it resumed
 
 
 @dataclass
@@ -56,11 +59,34 @@ def _quiet(stage: str, message: str) -> None:
     pass
 
 
+def check_run_name(run_name: str) -> None:
+    """Refuse a malformed run name, naming it."""
+    if not RUN_NAME.fullmatch(run_name):
+        raise SpecError(f"{run_name!r}: a run name has 1 to 64 letters, digits, '_', '.' and '-'", field="run_name")
+
+
+def _earlier_attempt(spec: PipelineSpec, tracking_uri: str, run_name: str) -> str | None:
+    """Refuse a malformed ``run_name`` or one whose run already finished; return the id of an earlier, unfinished
+    attempt under it (whose training this run resumes), if any."""
+    check_run_name(run_name)
+    earlier = tracking.latest_named_run(tracking_uri, spec.tracking.experiment, run_name)
+    if earlier is not None and earlier.info.status == "FINISHED":
+        raise SpecError(f"{run_name!r} finished already (run {earlier.info.run_id}): nothing is left to resume; "
+                        "give the new run another name", field="run_name")
+    return earlier.info.run_id if earlier is not None else None
+
+
 def run(
-    spec: PipelineSpec, platform: Platform, progress: Progress | None = None, verbose: bool = False
+    spec: PipelineSpec, platform: Platform, progress: Progress | None = None, verbose: bool = False,
+    run_name: str | None = None,
 ) -> PipelineResult:
     """Run the pipeline on ``platform``. Invalid specs, data or resource requests raise :class:`SpecError`
     before any worker starts or anything is written to MLflow. ``verbose`` streams Ray's worker logs.
+
+    ``run_name`` names the run: its checkpoints are kept under that name, so running the pipeline again under the
+    same name after a failure (a killed job, a lost cluster) resumes training from the last checkpoint instead of
+    starting over. The new attempt is a new MLflow run with the same name, tagged with the attempt it resumes;
+    a name whose run finished is refused. Without it, every run trains from scratch.
 
     The result's ``stages`` says where the wall time went; the same numbers are logged to the MLflow run as
     ``stage_<name>_s`` metrics."""
@@ -72,6 +98,7 @@ def run(
             resolve_factory(spec.model.name)
             platform.init_ray(verbose)
             check_placeable(spec.train.scaling)
+            resumes = _earlier_attempt(spec, platform.tracking_uri, run_name) if run_name else None
         progress("data", f"reading {spec.data.source}")
         prepared = prepare(spec, platform.storage_uri, clock)
         try:
@@ -92,11 +119,16 @@ def run(
     mlflow.set_tracking_uri(uri)
     try:  # the prepared Parquet, if any, is deleted whatever happens from here
         with clock.stage("tracking"):
+            named = {tracking.RUN_NAME_TAG: run_name, **({RESUMES_TAG: resumes} if resumes else {})}
             run_id = tracking.start_run(uri, spec.tracking.experiment,
-                                        f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}",
-                                        {"rayline.pipeline": spec.name, "rayline.spec_file": spec.file or ""})
+                                        run_name or f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}",
+                                        {"rayline.pipeline": spec.name, "rayline.spec_file": spec.file or "",
+                                         **(named if run_name else {})})
+        if resumes:
+            progress("train", f"run {run_name!r} resumes the training of its earlier attempt (run {resumes})")
+        train_run = f"{spec.name}-{run_name}" if run_name else f"{spec.name}-{run_id[:12]}"
         try:
-            result = _tracked_run(spec, platform, prepared, run_id, progress, clock)
+            result = _tracked_run(spec, platform, prepared, run_id, train_run, progress, clock)
         except BaseException:
             tracking.end_run(uri, run_id, "FAILED")
             raise
@@ -109,8 +141,8 @@ def run(
     return result
 
 
-def _tracked_run(spec: PipelineSpec, platform: Platform, prepared: PreparedData, run_id: str, progress: Progress,
-                 clock: StageClock) -> PipelineResult:
+def _tracked_run(spec: PipelineSpec, platform: Platform, prepared: PreparedData, run_id: str, train_run: str,
+                 progress: Progress, clock: StageClock) -> PipelineResult:
     uri = platform.tracking_uri
     with clock.stage("tracking"):
         tracking.log_params(uri, run_id, tracking.flatten(spec.model_dump(mode="json")))
@@ -126,8 +158,7 @@ def _tracked_run(spec: PipelineSpec, platform: Platform, prepared: PreparedData,
     progress("train", f"{scaling.workers_text} worker(s), {'GPU' if scaling.use_gpu else 'CPU'}, "
              f"{spec.train.epochs} epochs")
     with epoch_progress(uri, run_id, spec.train.epochs, progress):
-        outcome = fit(spec, prepared, platform.storage_uri, run_name=f"{spec.name}-{run_id[:12]}",
-                      tracking_uri=uri, run_id=run_id)
+        outcome = fit(spec, prepared, platform.storage_uri, run_name=train_run, tracking_uri=uri, run_id=run_id)
     clock.add(outcome.stages)
     with clock.stage("tracking"):
         late = tracking.backfill_epochs(uri, run_id, outcome.history)
@@ -135,8 +166,8 @@ def _tracked_run(spec: PipelineSpec, platform: Platform, prepared: PreparedData,
         progress("train", f"the tracking server was unreachable during training: epochs {', '.join(map(str, late))}"
                  f" were logged afterwards, from the train loop's history")
     if outcome.resumed_from_epoch is not None:
-        progress("train", f"a worker group failed and was restarted: restored from the checkpoint of epoch "
-                 f"{outcome.resumed_from_epoch}")
+        progress("train", f"restored from the checkpoint of epoch {outcome.resumed_from_epoch} (a restarted worker "
+                 "group, or an earlier attempt of this named run)")
     cost = spec.tracking.cost
     metrics = {**outcome.test_metrics, **tracking.cost_metrics(
         outcome.wall_s, scaling.max_workers, scaling.resources_per_worker, scaling.use_gpu,

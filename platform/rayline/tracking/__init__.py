@@ -11,9 +11,11 @@ from rayline.tracking.registry import (
     rollback_alias,
 )
 from rayline.tracking.runs import (
+    RUN_NAME_TAG,
     cost_metrics,
     end_run,
     flatten,
+    latest_named_run,
     log_dataset,
     log_params,
     log_text,
@@ -22,11 +24,13 @@ from rayline.tracking.runs import (
 
 __all__ = [
     "PROMOTION_TAG",
+    "RUN_NAME_TAG",
     "PromotionDecision",
     "backfill_epochs",
     "cost_metrics",
     "end_run",
     "flatten",
+    "latest_named_run",
     "log_dataset",
     "log_metrics",
     "log_params",

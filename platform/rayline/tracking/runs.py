@@ -12,7 +12,7 @@ from mlflow import MlflowClient
 from mlflow.data.code_dataset_source import CodeDatasetSource
 from mlflow.data.dataset_source_registry import resolve_dataset_source
 from mlflow.data.meta_dataset import MetaDataset
-from mlflow.entities import Param
+from mlflow.entities import Param, Run
 from mlflow.types import ColSpec, Schema
 
 MAX_PARAM_LENGTH = 6000
@@ -39,6 +39,20 @@ def start_run(tracking_uri: str, experiment: str, run_name: str, tags: Mapping[s
     found = client.get_experiment_by_name(experiment)
     experiment_id = found.experiment_id if found else client.create_experiment(experiment)
     return client.create_run(experiment_id, run_name=run_name, tags=dict(tags)).info.run_id
+
+
+RUN_NAME_TAG = "rayline.run_name"  # the name a user gave a pipeline run: a re-run under it resumes the same training
+
+
+def latest_named_run(tracking_uri: str, experiment: str, run_name: str) -> Run | None:
+    """The newest run of ``experiment`` started under the user-given ``run_name`` (its :data:`RUN_NAME_TAG`), if any."""
+    client = MlflowClient(tracking_uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return None
+    runs = client.search_runs([found.experiment_id], filter_string=f"tags.`{RUN_NAME_TAG}` = '{run_name}'",
+                              order_by=["attributes.start_time DESC"], max_results=1)
+    return runs[0] if runs else None
 
 
 def log_params(tracking_uri: str, run_id: str, params: Mapping[str, str]) -> None:

@@ -1,0 +1,63 @@
+"""A pipeline run as a Ray job on a cluster: ``rayline run`` as the job's entrypoint, its MLflow run read back from
+the summary it prints."""
+
+from __future__ import annotations
+
+import secrets
+import shlex
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from rayline.cluster import jobs
+from rayline.errors import RaylineError
+from rayline.pipeline.runner import check_run_name
+from rayline.pipeline.summary import RunSummary, read_summary
+from rayline.spec import load_spec
+
+
+@dataclass(frozen=True)
+class SubmittedRun:
+    """A pipeline submitted as a Ray job, once the job has ended: the job's id, final status and message, its
+    log, and the MLflow run it printed (None when the job ended before the run finished)."""
+
+    job_id: str
+    status: str
+    message: str
+    logs: str
+    run: RunSummary | None
+
+    @property
+    def succeeded(self) -> bool:
+        return self.status == "SUCCEEDED"
+
+
+def entrypoint(spec_path: str, overrides: Sequence[str], run_name: str | None, command: str) -> str:
+    """The job's shell command: ``rayline run`` of the spec (a path inside the working directory)."""
+    args = [*shlex.split(command), "run", spec_path, *(a for o in overrides for a in ("--set", o))]
+    return shlex.join([*args, *(["--run-name", run_name] if run_name else [])])
+
+
+def submit(spec: str | Path, overrides: Sequence[str], address: str, *, working_dir: str | Path = ".",
+           run_name: str | None = None, excludes: Sequence[str] = (), command: str = "rayline",
+           on_log: Callable[[str], None] | None = None,
+           on_submitted: Callable[[str], None] | None = None) -> SubmittedRun:
+    """Submit ``rayline run SPEC`` to the Ray cluster whose dashboard is at ``address`` and follow it to its end.
+
+    The spec is validated here first (an invalid one raises :class:`SpecError` and nothing is submitted); it must
+    lie inside ``working_dir``, which is uploaded without :data:`rayline.cluster.jobs.EXCLUDES` and ``excludes``.
+    The job's driver finds MLflow and storage in the cluster's environment. ``command`` is how the cluster's nodes
+    call rayline. A ``run_name`` makes a re-submission resume from the last checkpoint of the earlier attempt."""
+    root, path = Path(working_dir).resolve(), Path(spec).resolve()
+    if not path.is_relative_to(root):
+        raise RaylineError(f"--working-dir {root}: the spec {spec} lies outside it, so the job could not read it")
+    if run_name is not None:
+        check_run_name(run_name)
+    loaded = load_spec(path, list(overrides))
+    job_id = f"rayline-{loaded.name}-{run_name or 'run'}-{secrets.token_hex(4)}"
+    outcome = jobs.submit_and_follow(
+        address, entrypoint(path.relative_to(root).as_posix(), overrides, run_name, command), root,
+        excludes=excludes, metadata={"rayline.pipeline": loaded.name, "rayline.run_name": run_name or ""},
+        submission_id=job_id, on_log=on_log, on_submitted=on_submitted)
+    return SubmittedRun(outcome.job_id, outcome.status, outcome.message, outcome.logs,
+                        read_summary(outcome.logs) if outcome.succeeded else None)
