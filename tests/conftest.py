@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -109,3 +110,20 @@ def run_cli(*args: str, state_dir: Path, timeout: float = 600) -> subprocess.Com
     """``rayline ARGS --state-dir STATE`` as a subprocess of this interpreter's environment."""
     command = [str(Path(sys.executable).with_name("rayline")), *args, "--state-dir", str(state_dir)]
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+
+
+def run_cluster_script(script: Path, *args: str, timeout: float = 900) -> dict:
+    """``python SCRIPT ARGS`` in a session of its own (a script that starts a Ray cluster: a driver joins one
+    cluster only, and this process is the platform's); the JSON on its last line. Whatever it leaves running
+    (its cluster's processes, should it hang) is stopped."""
+    from rayline.cluster.processes import stop_process_group
+
+    env = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}
+    process = subprocess.Popen([sys.executable, str(script), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, env=env, start_new_session=True)
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    finally:
+        stop_process_group(process.pid, must_contain="ray")
+    assert process.returncode == 0, stderr[-5000:]
+    return json.loads(stdout.strip().splitlines()[-1])

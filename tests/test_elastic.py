@@ -4,32 +4,19 @@ finishes. The cluster runs in a process of its own (``elastic_cluster.py``)."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from conftest import run_cluster_script
 from elastic_cluster import EPOCHS
-from rayline.cluster.processes import stop_process_group
 
 pytestmark = pytest.mark.slow
 SCRIPT = Path(__file__).with_name("elastic_cluster.py")
 
 
 def test_a_run_that_loses_a_node_goes_on_with_fewer_workers_and_grows_back(tmp_path: Path) -> None:
-    env = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}
-    script = subprocess.Popen([sys.executable, str(SCRIPT), str(tmp_path)], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
-    try:
-        stdout, stderr = script.communicate(timeout=900)
-    finally:  # the cluster's processes too, should the script hang
-        stop_process_group(script.pid, must_contain="ray")
-    done = subprocess.CompletedProcess(script.args, script.returncode, stdout, stderr)
-    assert done.returncode == 0, done.stderr[-5000:]
-    outcome = json.loads(done.stdout.strip().splitlines()[-1])
+    outcome = run_cluster_script(SCRIPT, str(tmp_path))
     workers = outcome["workers"]
     print(f"workers per epoch: {workers}, resumed from epoch {outcome['resumed_from_epoch']}")
     assert len(workers) == EPOCHS  # every epoch once: each restart resumed from its latest checkpoint

@@ -136,6 +136,10 @@ class ScalingSpec(Strict):
         60.0, gt=0, description="elastic only: how often a running group checks whether more workers now fit")
     use_gpu: bool = False
     resources_per_worker: dict[str, float] = Field(default_factory=lambda: {"CPU": 1.0})
+    placement: Literal["pack", "spread"] = Field(
+        "pack", description="pack: workers share nodes where they fit (fast collectives on one machine); spread: "
+                            "over as many nodes as possible (one node's loss costs fewer workers); best effort, "
+                            "Ray's PACK and SPREAD placement strategies")
 
     @field_validator("num_workers")
     @classmethod

@@ -86,6 +86,7 @@ def fit(spec: PipelineSpec, prepared: PreparedData, storage_uri: str, run_name: 
         torch_config=TorchConfig(timeout_s=spec.train.collective_timeout_s),
         scaling_config=ScalingConfig(num_workers=scaling.num_workers, use_gpu=scaling.use_gpu,
                                      resources_per_worker=dict(scaling.resources_per_worker),
+                                     placement_strategy=scaling.placement.upper(),
                                      elastic_resize_monitor_interval_s=scaling.elastic_resize_interval_s),
         datasets=datasets,
         dataset_config=data_config,
