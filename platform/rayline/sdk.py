@@ -181,9 +181,17 @@ def _tracking_uri(tracking_uri: str | None, state_dir: str | Path) -> str:
     return tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or _up(state_dir).tracking_uri
 
 
-def up(state_dir: str | Path = DEFAULT_STATE_DIR, num_cpus: int | None = None) -> Platform:
-    """Start (or reuse) the embedded local platform: Ray head + MLflow server on 127.0.0.1."""
-    return _up(state_dir, num_cpus)
+def up(state_dir: str | Path = DEFAULT_STATE_DIR, num_cpus: int | None = None, *, mlflow_backend: str | None = None,
+       mlflow_artifacts: str | None = None, mlflow_auth: bool | None = None) -> Platform:
+    """Start (or reuse) the embedded local platform: Ray head + MLflow server on 127.0.0.1.
+
+    The tracking server's backend store (``mlflow_backend``: a database URI without password, default sqlite in
+    ``state_dir``), artifact store (``mlflow_artifacts``: a shared path or object-store URI, default
+    ``state_dir/mlartifacts``) and MLflow's basic-auth (``mlflow_auth``, admin from ``MLFLOW_TRACKING_USERNAME`` /
+    ``MLFLOW_TRACKING_PASSWORD``) default to ``RAYLINE_MLFLOW_BACKEND``, ``RAYLINE_MLFLOW_ARTIFACTS`` and
+    ``RAYLINE_MLFLOW_AUTH``; a platform already running keeps its own."""
+    return _up(state_dir, num_cpus, mlflow_backend=mlflow_backend, mlflow_artifacts=mlflow_artifacts,
+               mlflow_auth=mlflow_auth)
 
 
 def down(state_dir: str | Path = DEFAULT_STATE_DIR) -> bool:

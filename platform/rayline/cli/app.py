@@ -123,10 +123,20 @@ def tune_command(
 def up(
     state_dir: StateDir = Path(DEFAULT_STATE_DIR),
     num_cpus: Annotated[int | None, typer.Option(help="logical CPUs Ray offers (default: max(4, cores))")] = None,
+    mlflow_backend: Annotated[str | None, typer.Option(
+        envvar="RAYLINE_MLFLOW_BACKEND", help="MLflow backend store: a database URI without password, e.g. "
+        "postgresql+psycopg2://user@host/db (password in PGPASSWORD) (default: sqlite in the state directory)")] = None,
+    mlflow_artifacts: Annotated[str | None, typer.Option(
+        envvar="RAYLINE_MLFLOW_ARTIFACTS", help="MLflow artifact store: a shared path or an object-store URI "
+        "(s3://...) (default: mlartifacts/ in the state directory)")] = None,
+    mlflow_auth: Annotated[bool | None, typer.Option(
+        "--mlflow-auth/--no-mlflow-auth", envvar="RAYLINE_MLFLOW_AUTH", help="run MLflow's basic-auth app, its "
+        "admin from MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD")] = None,
 ) -> None:
     """Start (or reuse) the embedded local platform: Ray + MLflow on 127.0.0.1."""
     try:
-        platform = rayline.up(state_dir, num_cpus)
+        platform = rayline.up(state_dir, num_cpus, mlflow_backend=mlflow_backend, mlflow_artifacts=mlflow_artifacts,
+                              mlflow_auth=mlflow_auth)
     except RaylineError as err:
         raise _fail(err, 2) from None
     typer.echo(f"ray        {platform.ray_address}  (dashboard {platform.dashboard_url})")

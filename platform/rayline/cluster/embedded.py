@@ -1,7 +1,8 @@
 """The embedded platform: a local Ray head and a local MLflow tracking server, both on 127.0.0.1.
 
 State lives in a directory (default ``.rayline/``): ``platform.json`` (addresses, ports, pids), the MLflow
-sqlite database and artifact store, and ``storage/`` for Train checkpoints and generated data.
+sqlite database and artifact store (unless :mod:`rayline.cluster.mlflow_server` settings put them elsewhere), and
+``storage/`` for Train checkpoints and generated data.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pathlib import Path
 import psutil
 
 from rayline.cluster import haproxy_loopback
+from rayline.cluster.mlflow_server import MlflowSettings, admin_credentials
 from rayline.cluster.processes import (
     free_port,
     http_ok,
@@ -91,6 +93,10 @@ def _ray_env(state_dir: Path, tracking_uri: str, ingress: str, ray_port: int) ->
     ``MLFLOW_DISABLE_TELEMETRY``: see ``rayline/__init__.py``; here for processes that import MLflow first.
     ``RAYLINE_STORAGE``: a job submitted with ``ray job submit`` keeps its checkpoints and sweep state in the
     platform's storage, not in its own working directory.
+    MLflow's credentials (``MLFLOW_TRACKING_USERNAME`` / ``MLFLOW_TRACKING_PASSWORD``), when set, come with this
+    process's environment: Ray Train's controller, Tune's trials, Ray Data actors and Serve replicas reach an
+    authenticating tracking server with them. (Not through a job's runtime_env: Ray's runtime-env agent writes
+    its env_vars, in clear, to the session's logs.)
     ``RAY_ADDRESS``: Ray's own code inside the cluster that finds its cluster by scanning the machine (Ray
     Train's PlacementGroupCleaner, through the state API) fails when another Ray instance runs there ("Found
     multiple active Ray instances"); the cleaner's thread then dies, and a finished run's placement group is
@@ -117,6 +123,17 @@ class EmbeddedState:
     num_cpus: int
     state_dir: str
     ingress: str = "proxy"
+    # The tracking server's settings; None in state files written before they existed: the defaults.
+    mlflow_backend: str | None = None
+    mlflow_artifacts: str | None = None
+    mlflow_auth: bool = False
+
+    @property
+    def mlflow(self) -> MlflowSettings:
+        """The tracking server's settings, the defaults filled in."""
+        default = MlflowSettings.default(Path(self.state_dir))
+        return MlflowSettings(self.mlflow_backend or default.backend_store_uri,
+                              self.mlflow_artifacts or default.artifacts_destination, self.mlflow_auth)
 
     @property
     def ray_address(self) -> str:
@@ -203,16 +220,11 @@ def _start_ray(state_dir: Path, num_cpus: int, tracking_uri: str, ingress: str) 
     return ray_port, dashboard_port, starter.pid
 
 
-def _start_mlflow(state_dir: Path, port: int) -> int:
-    artifacts = state_dir / "mlartifacts"
-    artifacts.mkdir(parents=True, exist_ok=True)
-    command = [
-        _bin("mlflow"), "server", "--host", HOST, "--port", str(port), "--workers", "1",
-        "--backend-store-uri", f"sqlite:///{(state_dir / 'mlflow.db').resolve()}",
-        "--artifacts-destination", str(artifacts.resolve()), "--serve-artifacts",
-    ]
+def _start_mlflow(state_dir: Path, port: int, settings: MlflowSettings) -> int:
+    args, env = settings.prepare(state_dir)
+    command = [_bin("mlflow"), "server", "--host", HOST, "--port", str(port), "--workers", "1", *args]
     log = open(state_dir / "mlflow.log", "w")  # noqa: SIM115 - the server outlives this call
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+    process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                start_new_session=True)
 
     def healthy() -> bool:
@@ -224,9 +236,14 @@ def _start_mlflow(state_dir: Path, port: int) -> int:
     return process.pid
 
 
-def up(state_dir: str | Path = ".rayline", num_cpus: int | None = None) -> EmbeddedState:
-    """Start (or reuse) the local Ray head and MLflow server recorded in ``state_dir``."""
+def up(state_dir: str | Path = ".rayline", num_cpus: int | None = None, *, mlflow_backend: str | None = None,
+       mlflow_artifacts: str | None = None, mlflow_auth: bool | None = None) -> EmbeddedState:
+    """Start (or reuse) the local Ray head and MLflow server recorded in ``state_dir``.
+
+    The MLflow settings (see :meth:`MlflowSettings.chosen`) are checked first, and used when the server is
+    started afresh; a platform already running from ``state_dir`` keeps the ones it was started with."""
     directory = Path(state_dir).resolve()
+    requested = MlflowSettings.chosen(directory, mlflow_backend, mlflow_artifacts, mlflow_auth)
     with _locked(directory):
         state = read_state(directory)
         ray_ok = state is not None and state.ray_alive()
@@ -235,8 +252,12 @@ def up(state_dir: str | Path = ".rayline", num_cpus: int | None = None) -> Embed
             return state
         ingress = state.ingress if ray_ok else _chosen_ingress()
         # A running Ray head keeps the MLflow port it was started with in its environment: restart there.
-        mlflow_port = state.mlflow_port if state is not None and (ray_ok or mlflow_ok) else free_port()
-        mlflow_pid = state.mlflow_pid if mlflow_ok else _start_mlflow(directory, mlflow_port)
+        running = state is not None and (ray_ok or mlflow_ok)
+        mlflow_port = state.mlflow_port if running else free_port()
+        settings = state.mlflow if running else requested
+        if settings.auth:  # the Ray processes about to start need them too
+            admin_credentials()
+        mlflow_pid = state.mlflow_pid if mlflow_ok else _start_mlflow(directory, mlflow_port, settings)
         if state is not None and ray_ok:
             ray_port, dashboard_port, ray_group, cpus = (
                 state.ray_port, state.dashboard_port, state.ray_group, state.num_cpus)
@@ -250,7 +271,7 @@ def up(state_dir: str | Path = ".rayline", num_cpus: int | None = None) -> Embed
                     stop_process_group(mlflow_pid, must_contain="mlflow")
                 raise
         state = EmbeddedState(ray_port, dashboard_port, mlflow_port, mlflow_pid, ray_group, cpus, str(directory),
-                              ingress)
+                              ingress, settings.backend_store_uri, settings.artifacts_destination, settings.auth)
         (directory / STATE_FILE).write_text(json.dumps(asdict(state), indent=1))
         return state
 

@@ -84,9 +84,11 @@ def connect(
     )
 
 
-def up(state_dir: str | Path = DEFAULT_STATE_DIR, num_cpus: int | None = None) -> Platform:
-    """Start (or reuse) the embedded local Ray + MLflow server."""
-    return _from_embedded(embedded.up(state_dir, num_cpus))
+def up(state_dir: str | Path = DEFAULT_STATE_DIR, num_cpus: int | None = None, *, mlflow_backend: str | None = None,
+       mlflow_artifacts: str | None = None, mlflow_auth: bool | None = None) -> Platform:
+    """Start (or reuse) the embedded local Ray + MLflow server (MLflow settings: :func:`embedded.up`)."""
+    return _from_embedded(embedded.up(state_dir, num_cpus, mlflow_backend=mlflow_backend,
+                                      mlflow_artifacts=mlflow_artifacts, mlflow_auth=mlflow_auth))
 
 
 def down(state_dir: str | Path = DEFAULT_STATE_DIR) -> bool:
@@ -108,6 +110,9 @@ def status(state_dir: str | Path = DEFAULT_STATE_DIR) -> dict[str, object]:
         "dashboard_url": state.dashboard_url,
         "tracking_uri": state.tracking_uri,
         "mlflow": "up" if mlflow_ok else "down",
+        "mlflow_backend": state.mlflow.backend_store_uri,
+        "mlflow_artifacts": state.mlflow.artifacts_destination,
+        "mlflow_auth": state.mlflow.auth,
         "storage_uri": state.storage_uri,
         "num_cpus": state.num_cpus,
         "serve_ingress": state.ingress,
