@@ -3,6 +3,7 @@ how many of a footprint fit at once."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import ray
@@ -19,11 +20,46 @@ def worker_bundle(scaling: ScalingSpec) -> dict[str, float]:
     return {name: amount for name, amount in bundle.items() if amount > 0}
 
 
+def _autoscales() -> bool:
+    """Whether an autoscaler with node types of its own runs for this cluster (``ray up``, ``ray start
+    --autoscaling-config``): Ray's monitor reports the node types it sees, and without a config (a plain ``ray
+    start``) its read-only provider names each node's type after the node itself."""
+    from ray._private.ray_constants import DEBUG_AUTOSCALING_STATUS
+    from ray.autoscaler._private.util import format_readonly_node_type
+    from ray.experimental.internal_kv import _internal_kv_get
+
+    status = _internal_kv_get(DEBUG_AUTOSCALING_STATUS)
+    report = json.loads(status).get("autoscaler_report") if status else None
+    if not report:
+        return False
+    types = {*report.get("active_nodes", {}), *(report.get("idle_nodes") or {}), *report.get("pending_launches", {})}
+    return bool(types - {format_readonly_node_type(node["NodeID"]) for node in ray.nodes()})
+
+
+def possible_nodes(most_workers: int) -> list[dict[str, float]] | None:
+    """The resources of every node the cluster has or may add: the alive nodes, and where the autoscaler publishes
+    its node types (autoscaler v2, KubeRay), each type as many times as its maximum (``most_workers`` times when
+    unbounded). None when an autoscaler runs without publishing them (Ray's v1 autoscaler, a cluster.yaml): what
+    it may add is unknown here, as it is to Ray Train's own pre-placement check."""
+    from ray._private.state import state  # as Ray Train's own pre-placement check reads the autoscaler's config
+
+    nodes = [node["Resources"] for node in ray.nodes() if node["Alive"]]
+    config = state.get_cluster_config()
+    if config is not None and config.node_group_configs:
+        for group in config.node_group_configs:
+            count = most_workers if group.max_count < 0 else min(group.max_count, most_workers)
+            nodes += [{name: float(amount) for name, amount in group.resources.items()}] * count
+        return nodes
+    return None if _autoscales() else nodes
+
+
 def check_placeable(scaling: ScalingSpec, nodes: list[dict[str, float]] | None = None) -> None:
-    """Raise :class:`SpecError` if ``num_workers`` bundles (the minimum of a range) cannot fit on the alive nodes'
-    total resources."""
+    """Raise :class:`SpecError` if ``num_workers`` bundles (the minimum of a range) can never fit on the cluster's
+    nodes (:func:`possible_nodes`, unless ``nodes`` is given); nothing is refused where that is unknown."""
     if nodes is None:
-        nodes = [node["Resources"] for node in ray.nodes() if node["Alive"]]
+        nodes = possible_nodes(scaling.max_workers)
+        if nodes is None:
+            return
     bundle = worker_bundle(scaling)
 
     def fits(node: dict[str, float]) -> int:
