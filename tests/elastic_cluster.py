@@ -14,7 +14,6 @@ accuracy) is printed as JSON on the last line.
 from __future__ import annotations
 
 import json
-import os
 import sys
 import threading
 import time
@@ -22,8 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import rayline  # noqa: F401  (first: it turns Ray's token authentication on before Ray is imported)
-from rayline.cluster.embedded import RAY_POINTER
-from rayline.cluster.processes import free_port
+from local_cluster import slot_cluster
 from rayline.data import prepare
 from rayline.spec import load_spec
 from rayline.train import TrainOutcome, fit
@@ -56,22 +54,7 @@ def _wait(what: str, ready: Any, training: threading.Thread) -> None:
 
 
 def main(workdir: Path) -> dict[str, Any]:
-    import ray
-    from ray.cluster_utils import Cluster
-    from ray.util import get_node_ip_address
-
-    pointer = RAY_POINTER.read_text() if RAY_POINTER.is_file() else None  # the test session's cluster
-    port = free_port()
-    # The nodes' processes inherit the address: Ray Train's placement-group cleaner finds its cluster by it while
-    # the test session's platform runs on the same machine.
-    # (on the machine's address: Ray's nodes bind loopback only in single-node mode, which a cluster is not)
-    os.environ["RAY_ADDRESS"] = f"{get_node_ip_address()}:{port}"
-    cluster = Cluster(initialize_head=True, head_node_args={
-        "gcs_server_port": port, "num_cpus": 1, "include_dashboard": True, "dashboard_port": free_port()})
-    try:
-        nodes = [cluster.add_node(num_cpus=0, resources={SLOT: 1}) for _ in range(2)]
-        cluster.wait_for_nodes()
-        ray.init(address=cluster.address)
+    with slot_cluster(2, cpus=0, slots={SLOT: 1}) as cluster:
         storage = workdir / "storage"
         spec = load_spec(PIPELINES / "digits.yaml", {
             "model": {"name": "fault_models:SlowMLP", "params": {"step_s": 0.15, "hidden": [64]}},
@@ -92,7 +75,7 @@ def main(workdir: Path) -> dict[str, Any]:
         training = threading.Thread(target=train)
         training.start()
         _wait("a checkpoint of the 2-worker group", lambda: _checkpointed_with(storage, 2), training)
-        cluster.remove_node(nodes[1])
+        cluster.remove_node(next(iter(cluster.worker_nodes)))
         _wait("a checkpoint of the 1-worker group", lambda: _checkpointed_with(storage, 1), training)
         cluster.add_node(num_cpus=0, resources={SLOT: 1})
         training.join(DEADLINE_S)
@@ -102,14 +85,6 @@ def main(workdir: Path) -> dict[str, Any]:
         return {"workers": [epoch["workers"] for epoch in result.history],
                 "resumed_from_epoch": result.resumed_from_epoch,
                 "test_accuracy": result.test_metrics["test_accuracy"]}
-    finally:
-        ray.shutdown()
-        cluster.shutdown()
-        if pointer is None:  # what a plain ray.init() connects to: not this cluster, which is gone
-            RAY_POINTER.unlink(missing_ok=True)
-        else:
-            RAY_POINTER.write_text(pointer)
-
 
 if __name__ == "__main__":
     print(json.dumps(main(Path(sys.argv[1]))), flush=True)

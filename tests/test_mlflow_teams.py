@@ -101,8 +101,11 @@ def postgres() -> Iterator[Postgres]:
 
 
 def _cli(*args: str, state_dir: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    """``rayline ARGS`` with ``env`` added to this environment."""
+    """``rayline ARGS`` with ``env`` added to this environment, and without the session platform's addresses
+    (``mlflow.set_tracking_uri`` in this process, by any earlier in-process run, exports ``MLFLOW_TRACKING_URI``)."""
     with pytest.MonkeyPatch.context() as patch:
+        for name in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS"):
+            patch.delenv(name, raising=False)
         for name, value in env.items():
             patch.setenv(name, value)
         return run_cli(*args, state_dir=state_dir)

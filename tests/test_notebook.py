@@ -61,6 +61,11 @@ def test_quickstart_runs_top_to_bottom_in_a_kernel(platform: rayline.Platform, s
     monkeypatch.setenv("RAYLINE_STATE_DIR", str(state_dir))
     monkeypatch.setenv("QUICKSTART_NAME", unique)
     monkeypatch.setenv("QUICKSTART_SERVE_PORT", str(serve_port))
+    # Serve runs for the whole session (as later modules expect) and is started here, by the session's driver: a
+    # Serve first started by the kernel left a 1-CPU placement group reserved after the kernel exited (Ray 2.60,
+    # HAProxy ingress), which later starved a sweep of the CPU its data tasks needed.
+    from ray import serve
+    serve.start(http_options={"host": "127.0.0.1", "port": serve_port, "request_timeout_s": 60})
     notebook = nbformat.read(NOTEBOOK, as_version=4)
     notebook.cells.append(nbformat.v4.new_code_cell(PROBE))
     started = time.perf_counter()
