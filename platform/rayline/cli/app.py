@@ -13,7 +13,7 @@ import typer
 
 import rayline
 from rayline import DEFAULT_STATE_DIR, RaylineError, SpecError
-from rayline.pipeline.summary import summary_lines
+from rayline.pipeline.summary import run_lines, summary_lines
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Ray Data → Ray Train → MLflow, from one spec.")
 
@@ -282,7 +282,7 @@ def submit(
     typer.echo("")
     typer.secho(f"job {job.job_id} {job.status}" + (f": {job.message}" if not job.succeeded else ""), bold=True)
     if job.run is not None:
-        typer.echo(f"  run id         {job.run.run_id}\n  MLflow UI      {job.run.run_url}")
+        typer.echo("\n".join(run_lines(job.run)))
     if not job.succeeded:
         raise typer.Exit(1)
 

@@ -119,11 +119,13 @@ def run(
     mlflow.set_tracking_uri(uri)
     try:  # the prepared Parquet, if any, is deleted whatever happens from here
         with clock.stage("tracking"):
-            named = {tracking.RUN_NAME_TAG: run_name, **({RESUMES_TAG: resumes} if resumes else {})}
+            tags = {"rayline.pipeline": spec.name, "rayline.spec_file": spec.file or ""}
+            if run_name:
+                tags[tracking.RUN_NAME_TAG] = run_name
+            if resumes:
+                tags[RESUMES_TAG] = resumes
             run_id = tracking.start_run(uri, spec.tracking.experiment,
-                                        run_name or f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}",
-                                        {"rayline.pipeline": spec.name, "rayline.spec_file": spec.file or "",
-                                         **(named if run_name else {})})
+                                        run_name or f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}", tags)
         if resumes:
             progress("train", f"run {run_name!r} resumes the training of its earlier attempt (run {resumes})")
         train_run = f"{spec.name}-{run_name}" if run_name else f"{spec.name}-{run_id[:12]}"

@@ -35,6 +35,11 @@ def summary_lines(name: str, result: PipelineResult) -> list[str]:
     ]
 
 
+def run_lines(run: RunSummary) -> list[str]:
+    """The summary's lines naming the MLflow run, as ``rayline submit`` repeats them after the job's log."""
+    return [_line("run_id", run.run_id), _line("run_url", run.run_url)]
+
+
 def _line(field: str, value: str) -> str:
     return f"  {_LABELS[field]:<{_WIDTH - 1}} {value}"
 
