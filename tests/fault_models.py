@@ -86,21 +86,20 @@ class FaultOnceMLP(MLP):
         threading.Thread(target=watch, daemon=True).start()
 
     def _registered_checkpoint(self, epoch: int, deadline_s: float = 60) -> Path:
-        """The directory of epoch ``epoch``'s checkpoint, once Ray Train's checkpoint manager lists it."""
+        """The directory of epoch ``epoch``'s checkpoint, once this run's checkpoint manager lists it (the
+        storage holds other runs' snapshots too: earlier tests', a sweep's earlier trials')."""
+        run = self.storage / "train" / ray.train.get_context().get_experiment_name()
         until = time.monotonic() + deadline_s
         while time.monotonic() < until:
-            snapshots = sorted(self.storage.glob("train/*/checkpoint_manager_snapshot.json"),
-                               key=lambda path: path.stat().st_mtime)
-            for snapshot in snapshots[-1:]:  # this run's: tests train one run at a time
-                try:
-                    registered = json.loads(snapshot.read_text())["checkpoint_results"]
-                except (OSError, ValueError, KeyError):
-                    continue  # being written
-                for result in registered:
-                    if result["metrics"].get("epoch") == epoch:
-                        return snapshot.parent / result["checkpoint_dir_name"]
+            try:
+                registered = json.loads((run / "checkpoint_manager_snapshot.json").read_text())["checkpoint_results"]
+            except (OSError, ValueError, KeyError):
+                registered = []  # not written yet, or being written
+            for result in registered:
+                if result["metrics"].get("epoch") == epoch:
+                    return run / result["checkpoint_dir_name"]
             time.sleep(0.05)
-        raise TimeoutError(f"no registered checkpoint of epoch {epoch} under {self.storage}")
+        raise TimeoutError(f"no registered checkpoint of epoch {epoch} under {run}")
 
 
 def _size(path: Path) -> int:

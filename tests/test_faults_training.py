@@ -177,6 +177,8 @@ def test_training_outlives_an_mlflow_outage_and_loses_no_metric(platform: raylin
     the missing epochs are logged from the train loop's history, and the run says so."""
     epochs = 8
     outcome: dict[str, Any] = {}
+    snapshots = "train/*/checkpoint_manager_snapshot.json"
+    earlier_runs = set(Path(platform.storage_uri).glob(snapshots))
 
     def pipeline() -> None:
         try:
@@ -193,11 +195,11 @@ def test_training_outlives_an_mlflow_outage_and_loses_no_metric(platform: raylin
         return len(mlflow_client.get_metric_history(runs[0].info.run_id, "train_loss")) if runs else 0
 
     def registered_epoch(epoch: int) -> bool:
-        snapshots = sorted(Path(platform.storage_uri).glob("train/*/checkpoint_manager_snapshot.json"),
-                           key=lambda path: path.stat().st_mtime)
+        """This run's (the one snapshot that is new: tests train one run at a time)."""
+        ours = set(Path(platform.storage_uri).glob(snapshots)) - earlier_runs
         try:
-            results = json.loads(snapshots[-1].read_text())["checkpoint_results"]
-        except (IndexError, OSError, ValueError, KeyError):
+            results = json.loads(ours.pop().read_text())["checkpoint_results"]
+        except (KeyError, OSError, ValueError):  # not written yet, or being written
             return False
         return any(result["metrics"].get("epoch", -1) >= epoch for result in results)
 
