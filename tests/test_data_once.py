@@ -61,3 +61,20 @@ def test_streamed_run_reads_and_transforms_each_row_once(platform: rayline.Platf
 
     # The prepared Parquet was the run's own, and it is gone once the run is over.
     assert not list((Path(platform.storage_uri) / "prepared").glob(f"{unique}-*"))
+
+
+
+def test_cached_run_pulls_each_workers_shard_once_per_run(platform: rayline.Platform, unique: str) -> None:
+    """A cached split is cut into one materialized shard per rank; each worker pulls its shard of each split in
+    one Ray Data pass per run and slices it every epoch (a pass costs about 30 ms however few its rows: most of a
+    small epoch). The batches are the ones Ray Data's per-epoch iteration gave, so training is the same."""
+    workers, splits = 2, 3
+    started = time.time()
+    result = rayline.run(PIPELINES / "synthetic.yaml", {
+        "name": unique, "data.source": f"synthetic://classification?rows={ROWS}&features=8&classes=3&seed=1",
+        "data.cache": True, "train.epochs": EPOCHS, "train.scaling.num_workers": workers,
+        "tracking.experiment": unique, "tracking.model_name": unique,
+    }, ray_address=platform.ray_address, tracking_uri=platform.tracking_uri, storage_uri=platform.storage_uri)
+    shard_passes = [e for e in executions_since(started) if set(operators(e)) == {"Input"}]
+    assert len(shard_passes) == workers * splits, shard_passes  # not workers × (2 × EPOCHS + 1)
+    assert result.metrics["test_accuracy"] > 0.5

@@ -27,6 +27,7 @@ from ray.train.torch import TorchConfig, TorchTrainer
 from rayline.data import PreparedData
 from rayline.errors import RaylineError
 from rayline.spec import PipelineSpec
+from rayline.train.batches import resident_splits
 from rayline.train.loop import LoopConfig, train_loop
 from rayline.train.tracking_callback import EpochMetricsToMlflow
 
@@ -77,6 +78,8 @@ def fit(spec: PipelineSpec, prepared: PreparedData, storage_uri: str, run_name: 
         num_outputs=prepared.preprocessor.num_outputs,
         splits=list(prepared.datasets),
         presharded=sorted(presharded),
+        resident=resident_splits(presharded, prepared.counts, scaling.num_workers,
+                                 prepared.preprocessor.num_features),
         start_from=_uri(start_from) if start_from else None,
     )
     datasets, data_config = _worker_datasets(prepared, presharded, scaling.min_workers)

@@ -19,6 +19,7 @@ from rayline.data import FEATURES
 from rayline.models import build_model
 from rayline.spec import ModelSpec, TrainSpec
 from rayline.train.activations import checkpoint_activations
+from rayline.train.batches import WorkerBatches
 from rayline.train.checkpoint import report_with_checkpoint
 from rayline.train.precision import Stepper
 from rayline.train.routing import RoutingMeter
@@ -37,6 +38,7 @@ class LoopConfig:
     num_outputs: int
     splits: list[str]
     presharded: list[str] = field(default_factory=list)  # splits that arrive as one dataset per rank
+    resident: list[str] = field(default_factory=list)  # presharded splits each worker holds (see train.batches)
     start_from: str | None = None  # a checkpoint (path or URI) to start from when the run has none of its own
 
 
@@ -89,22 +91,14 @@ class Scorer:
         return {f"{prefix}_loss": loss_sum / rows, **quality_metric, f"{prefix}_rows": rows}
 
 
-def _batches(split: str, config: LoopConfig, batch_size: int, device: torch.device):
-    label_dtype = torch.long if config.task == "classification" else torch.float32
-    name = f"{split}_rank{ray.train.get_context().get_world_rank()}" if split in config.presharded else split
-    shard = ray.train.get_dataset_shard(name)
-    dtypes = {FEATURES: torch.float32, config.label: label_dtype}
-    return shard.iter_torch_batches(batch_size=batch_size, dtypes=dtypes, device=device)
-
-
 def evaluate(
-    model: nn.Module, split: str, config: LoopConfig, batch_size: int, device: torch.device
+    model: nn.Module, split: str, config: LoopConfig, batches: WorkerBatches, batch_size: int, device: torch.device
 ) -> dict[str, float]:
     """Loss and accuracy/RMSE of ``model`` on this worker's shard of ``split``, all-reduced."""
     scorer = Scorer(config.task, device)
     model.eval()
     with torch.no_grad():
-        for batch in _batches(split, config, batch_size, device):
+        for batch in batches(split, batch_size):
             scorer.loss(model(batch[FEATURES]), batch[config.label])
     return scorer.result(split if split != "validation" else "val")
 
@@ -135,13 +129,14 @@ def train_loop(raw_config: dict[str, Any]) -> dict[str, Any]:
         resumed_from, history = int(meta["epoch"]), meta.get("history", [])
         start_epoch = resumed_from + 1
     step = Stepper(spec, optimizer, device)
+    batches = WorkerBatches(config.label, config.task, config.presharded, config.resident, device)
     timings = {"loop_entered_at": entered_at, "setup_s": time.time() - entered_at, "epochs_s": 0.0}
 
     for epoch in range(start_epoch, spec.epochs):
         started = time.perf_counter()
         model.train()
         scorer, routing = Scorer(config.task, device), RoutingMeter(model, device)
-        for batch in _batches("train", config, spec.batch_size, device):
+        for batch in batches("train", spec.batch_size):
             with step.autocast():
                 loss = scorer.loss(model(batch[FEATURES]), batch[config.label]) + routing.aux_loss()
             step.backward(loss)
@@ -152,7 +147,7 @@ def train_loop(raw_config: dict[str, Any]) -> dict[str, Any]:
         metrics["samples_per_s"] = metrics["train_rows"] / max(train_s, 1e-9)
         if "validation" in config.splits:
             validated = time.perf_counter()
-            metrics.update(evaluate(strategy.unwrap(model), "validation", config, spec.batch_size, device))
+            metrics.update(evaluate(strategy.unwrap(model), "validation", config, batches, spec.batch_size, device))
             metrics["epoch_val_s"] = time.perf_counter() - validated
         write = (epoch + 1) % spec.checkpoint_every == 0 or epoch == spec.epochs - 1
         metrics["epoch_s"] = time.perf_counter() - started
@@ -163,7 +158,7 @@ def train_loop(raw_config: dict[str, Any]) -> dict[str, Any]:
         timings["epochs_s"] += time.perf_counter() - started
 
     tested = time.perf_counter()
-    test = evaluate(strategy.unwrap(model), "test", config, spec.batch_size, device)
+    test = evaluate(strategy.unwrap(model), "test", config, batches, spec.batch_size, device)
     timings["test_s"] = time.perf_counter() - tested
     timings["loop_left_at"] = time.time()
     return {"test": test, "resumed_from_epoch": resumed_from, "timings": timings, "history": history}
