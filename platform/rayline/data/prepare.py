@@ -26,7 +26,7 @@ from rayline.stages import StageClock
 
 CACHE_MAX_STORE_FRACTION = 0.2  # by default, cache when the raw rows take at most this share of the object store
 BYTES_PER_VALUE = 8
-PREPARED_FILE_BYTES = 4 * 2**20  # prepared Parquet files (and so streamed blocks) stay near this size
+PREPARED_FILE_BYTES = 16 * 2**20  # the transformed rows written to each prepared file: one streamed block
 
 
 @dataclass
@@ -149,9 +149,19 @@ def _write_prepared(assigned: ray.data.Dataset, preprocessor: FittedPreprocessor
     """Transform every row once, write the splits as Parquet partitions of bounded files, and open each split
     for streaming."""
     transformed = preprocessor.transform_dataset(assigned, keep=[SPLIT_COLUMN])
-    row_bytes = preprocessor.num_features * 4 + BYTES_PER_VALUE
-    transformed.write_parquet(location, partition_cols=[SPLIT_COLUMN],
-                              max_rows_per_file=max(1, PREPARED_FILE_BYTES // row_bytes))
+    # Blocks are combined up to the file size before each write: a write per source block left 36 small files
+    # in the training split of 200,000 rows, and so 36 blocks to stream each epoch.
+    transformed.write_parquet(location, partition_cols=[SPLIT_COLUMN], min_bytes_per_file=PREPARED_FILE_BYTES)
     columns = [FEATURES, preprocessor.label]
-    return {name: read_parquet(f"{location}/{SPLIT_COLUMN}={name}", partitioning=None).select_columns(columns)
-            for name in present}
+    return {name: _read_prepared(f"{location}/{SPLIT_COLUMN}={name}").select_columns(columns) for name in present}
+
+
+def _read_prepared(uri: str) -> ray.data.Dataset:
+    """The prepared files of one split, each read as one block. Ray Data's cost of streaming a pass grows with
+    its blocks, not its rows: 180,000 prepared rows went at 200,000 rows/s as 30 blocks (6 files, each cut in 5 to
+    reach Ray Data's default ``read_op_min_num_blocks``) and at 660,000 rows/s as 6, with 50 ms of read tasks in
+    both."""
+    filesystem, path = pafs.FileSystem.from_uri(uri)
+    files = [info for info in filesystem.get_file_info(pafs.FileSelector(path, recursive=True))
+             if info.type == pafs.FileType.File]
+    return read_parquet(uri, partitioning=None, override_num_blocks=max(1, len(files)))
