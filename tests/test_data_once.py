@@ -76,5 +76,5 @@ def test_cached_run_pulls_each_workers_shard_once_per_run(platform: rayline.Plat
         "tracking.experiment": unique, "tracking.model_name": unique,
     }, ray_address=platform.ray_address, tracking_uri=platform.tracking_uri, storage_uri=platform.storage_uri)
     shard_passes = [e for e in executions_since(started) if set(operators(e)) == {"Input"}]
-    assert len(shard_passes) == workers * splits, shard_passes  # not workers × (2 × EPOCHS + 1)
+    assert len(shard_passes) == workers * splits, shard_passes  # not workers * (2 * EPOCHS + 1)
     assert result.metrics["test_accuracy"] > 0.5
