@@ -63,7 +63,6 @@ def test_streamed_run_reads_and_transforms_each_row_once(platform: rayline.Platf
     assert not list((Path(platform.storage_uri) / "prepared").glob(f"{unique}-*"))
 
 
-
 def test_cached_run_pulls_each_workers_shard_once_per_run(platform: rayline.Platform, unique: str) -> None:
     """A cached split is cut into one materialized shard per rank; each worker pulls its shard of each split in
     one Ray Data pass per run and slices it every epoch (a pass costs about 30 ms however few its rows: most of a

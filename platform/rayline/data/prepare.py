@@ -17,7 +17,7 @@ import ray.data
 from ray.data.dataset import MaterializedDataset
 
 from rayline.data.fitted import FEATURES, FittedPreprocessor
-from rayline.data.sources import SourceInfo, read_parquet, read_source
+from rayline.data.sources import SourceInfo, data_files, read_parquet, read_source
 from rayline.data.split import SPLIT_COLUMN, SPLITS, assign_splits, count_splits, select_split
 from rayline.data.validate import check_schema
 from rayline.errors import SpecError
@@ -162,6 +162,5 @@ def _read_prepared(uri: str) -> ray.data.Dataset:
     reach Ray Data's default ``read_op_min_num_blocks``) and at 660,000 rows/s as 6, with 50 ms of read tasks in
     both."""
     filesystem, path = pafs.FileSystem.from_uri(uri)
-    files = [info for info in filesystem.get_file_info(pafs.FileSelector(path, recursive=True))
-             if info.type == pafs.FileType.File]
+    files = data_files(filesystem, filesystem.get_file_info(path), "parquet")
     return read_parquet(uri, partitioning=None, override_num_blocks=max(1, len(files)))

@@ -106,7 +106,7 @@ def read_files(source: str, fmt: str = "auto", field: str = "data.source") -> tu
         fmt = "csv" if suffix == ".csv" else "parquet" if suffix in {".parquet", ".pq", ""} else ""
         if not fmt:
             raise SpecError(f"cannot tell the format of {source!r} (.csv or .parquet)", field=field)
-    files = _data_files(filesystem, info, fmt)
+    files = data_files(filesystem, info, fmt)
     if not files:
         raise SpecError(f"no {fmt} files in {source}", field=field)
     for file in files:
@@ -120,7 +120,7 @@ def read_files(source: str, fmt: str = "auto", field: str = "data.source") -> tu
     return dataset, SourceInfo(name=name, uri=source, digest=digest, digest_kind=kind)
 
 
-def _data_files(filesystem: pafs.FileSystem, info: pafs.FileInfo, fmt: str) -> list[pafs.FileInfo]:
+def data_files(filesystem: pafs.FileSystem, info: pafs.FileInfo, fmt: str) -> list[pafs.FileInfo]:
     """The files Ray Data reads for ``info``: the file itself, or a directory's files (recursively) but those
     whose relative path starts with ``.`` or ``_``, and for Parquet only ``*.parquet``."""
     if info.is_file:

@@ -3,8 +3,8 @@
 Every pass of Ray Data's ``iter_torch_batches`` starts an execution (an executor thread, stats sent to Ray Data's
 stats actor): about 30 ms whatever the rows, besides about 1 ms per batch. For a small shard already in the object
 store that fixed cost is most of an epoch, twice per epoch with validation. Such a shard is therefore pulled into
-the worker once per run, by one Ray Data pass, and sliced into batches every epoch; streamed splits and larger
-shards go through Ray Data every epoch.
+the worker once per run, by one Ray Data pass, held on the worker's device and sliced into batches every epoch;
+streamed splits and larger shards go through Ray Data every epoch.
 """
 
 from __future__ import annotations

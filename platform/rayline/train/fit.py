@@ -78,7 +78,7 @@ def fit(spec: PipelineSpec, prepared: PreparedData, storage_uri: str, run_name: 
         num_outputs=prepared.preprocessor.num_outputs,
         splits=list(prepared.datasets),
         presharded=sorted(presharded),
-        resident=resident_splits(presharded, prepared.counts, scaling.num_workers,
+        resident=resident_splits(presharded, prepared.counts, scaling.min_workers,
                                  prepared.preprocessor.num_features),
         start_from=_uri(start_from) if start_from else None,
     )
