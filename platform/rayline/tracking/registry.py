@@ -11,6 +11,7 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
 from rayline.errors import RaylineError
+from rayline.tracking.lock import promotion_lock
 
 PROMOTION_TAG = "rayline.promotion"
 
@@ -42,6 +43,12 @@ def move_alias(tracking_uri: str, name: str, alias: str, version: str) -> str | 
     """
     client = MlflowClient(tracking_uri)
     client.get_model_version(name, version)  # raises if the version does not exist
+    with promotion_lock(client, name):
+        return _move(client, name, alias, version)
+
+
+def _move(client: MlflowClient, name: str, alias: str, version: str) -> str | None:
+    """:func:`move_alias`, for a caller that holds the model's promotion lock."""
     history = _history(client, name, alias)
     previous = history[-1] if history else None
     if previous != version:
@@ -54,13 +61,14 @@ def move_alias(tracking_uri: str, name: str, alias: str, version: str) -> str | 
 def rollback_alias(tracking_uri: str, name: str, alias: str) -> str:
     """Move ``alias`` back to the version that held it before the current one; return that version."""
     client = MlflowClient(tracking_uri)
-    history = _history(client, name, alias)
-    if len(history) < 2:
-        raise ValueError(f"{name}@{alias} has no earlier version to roll back to")
-    history.pop()
-    client.set_registered_model_tag(name, _history_tag(alias), ",".join(history))
-    client.set_registered_model_alias(name, alias, history[-1])
-    return history[-1]
+    with promotion_lock(client, name):
+        history = _history(client, name, alias)
+        if len(history) < 2:
+            raise ValueError(f"{name}@{alias} has no earlier version to roll back to")
+        history.pop()
+        client.set_registered_model_tag(name, _history_tag(alias), ",".join(history))
+        client.set_registered_model_alias(name, alias, history[-1])
+        return history[-1]
 
 
 def _history(client: MlflowClient, name: str, alias: str) -> list[str]:
@@ -92,24 +100,27 @@ def promote_if_better(tracking_uri: str, name: str, version: str, alias: str, me
                       value: float) -> PromotionDecision:
     """Move ``alias`` to ``version`` only if ``value`` beats the current holder's ``metric`` (ties keep it).
 
-    The decision is written as the ``rayline.promotion`` tag on the version and on its run.
+    Reading the holder, comparing and moving happen under the model's promotion lock, so versions offered at the
+    same moment are decided one after the other, each against the holder the previous one left. The decision is
+    written as the ``rayline.promotion`` tag on the version and on its run.
     """
     client = MlflowClient(tracking_uri)
-    current = _holder(client, name, alias)
-    if current is None:
-        decision = PromotionDecision(True, version, None, f"no {alias} yet: version {version} takes it "
-                                     f"({metric}={value:.4f})")
-    else:
-        old = client.get_run(current.run_id).data.metrics.get(metric, float("nan"))
-        better = _beats(value, old, mode)
-        comparison = f"{metric} {value:.4f} vs {old:.4f} ({mode} wins)"
-        decision = PromotionDecision(
-            better, version, current.version,
-            f"version {version} {'beats' if better else 'does not beat'} {alias} version {current.version}: "
-            f"{comparison}",
-        )
-    if decision.promoted:
-        move_alias(tracking_uri, name, alias, version)
+    with promotion_lock(client, name):
+        current = _holder(client, name, alias)
+        if current is None:
+            decision = PromotionDecision(True, version, None, f"no {alias} yet: version {version} takes it "
+                                         f"({metric}={value:.4f})")
+        else:
+            old = client.get_run(current.run_id).data.metrics.get(metric, float("nan"))
+            better = _beats(value, old, mode)
+            comparison = f"{metric} {value:.4f} vs {old:.4f} ({mode} wins)"
+            decision = PromotionDecision(
+                better, version, current.version,
+                f"version {version} {'beats' if better else 'does not beat'} {alias} version {current.version}: "
+                f"{comparison}",
+            )
+        if decision.promoted:
+            _move(client, name, alias, version)
     client.set_model_version_tag(name, version, PROMOTION_TAG, decision.reason)
     run_id = client.get_model_version(name, version).run_id
     if run_id:
