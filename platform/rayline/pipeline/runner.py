@@ -5,7 +5,8 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from contextlib import nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import mlflow
@@ -86,6 +87,10 @@ def run(
     ``run_name`` names the run: its checkpoints are kept under that name, so running the pipeline again under the
     same name after a failure (a killed job, a lost cluster) resumes training from the last checkpoint instead of
     starting over. The new attempt is a new MLflow run with the same name, tagged with the attempt it resumes;
+    if earlier is not None and earlier.info.status == "RUNNING" and tracking.driver_alive(earlier):
+        raise SpecError(f"{run_name!r} is still running (run {earlier.info.run_id}, "
+                        f"{tracking.describe_driver(earlier)}): two attempts would share its checkpoints; wait for it "
+                        "to end, or stop it and run again to resume it", field="run_name")
     a name whose run finished is refused. Without it, every run trains from scratch.
 
     The result's ``stages`` says where the wall time went; the same numbers are logged to the MLflow run as
@@ -121,7 +126,7 @@ def run(
         with clock.stage("tracking"):
             tags = {"rayline.pipeline": spec.name, "rayline.spec_file": spec.file or ""}
             if run_name:
-                tags[tracking.RUN_NAME_TAG] = run_name
+                tags |= {tracking.RUN_NAME_TAG: run_name, **tracking.driver_tags()}
             if resumes:
                 tags[RESUMES_TAG] = resumes
             run_id = tracking.start_run(uri, spec.tracking.experiment,
@@ -130,7 +135,8 @@ def run(
             progress("train", f"run {run_name!r} resumes the training of its earlier attempt (run {resumes})")
         train_run = f"{spec.name}-{run_name}" if run_name else f"{spec.name}-{run_id[:12]}"
         try:
-            result = _tracked_run(spec, platform, prepared, run_id, train_run, progress, clock)
+            with tracking.heartbeat(uri, run_id) if run_name else nullcontext():
+                result = _tracked_run(spec, platform, prepared, run_id, train_run, progress, clock)
         except BaseException:
             tracking.end_run(uri, run_id, "FAILED")
             raise
@@ -152,7 +158,7 @@ def _tracked_run(spec: PipelineSpec, platform: Platform, prepared: PreparedData,
         if spec.file:
             tracking.log_text(uri, run_id, Path(spec.file).read_text(), f"spec/{Path(spec.file).name}")
         source = prepared.source
-        tracking.log_dataset(run_id, source.name, source.uri, source.digest, prepared.input_schema,
+        tracking.log_dataset(uri, run_id, source.name, source.uri, source.digest, prepared.input_schema,
                              digest_kind=source.digest_kind)
         tracking.log_metrics(uri, run_id, {f"rows_{name}": n for name, n in prepared.counts.items()})
 

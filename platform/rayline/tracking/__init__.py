@@ -1,5 +1,6 @@
 """Everything MLflow: runs, params, metrics, inputs, artifacts, the registry and the promotion gate."""
 
+from rayline.tracking.liveness import describe_driver, driver_alive, driver_tags, heartbeat
 from rayline.tracking.metrics import backfill_epochs, log_metrics
 from rayline.tracking.models import log_pyfunc
 from rayline.tracking.registry import (
@@ -19,6 +20,7 @@ from rayline.tracking.runs import (
     log_dataset,
     log_params,
     log_text,
+    set_tags,
     start_run,
 )
 
@@ -28,8 +30,12 @@ __all__ = [
     "PromotionDecision",
     "backfill_epochs",
     "cost_metrics",
+    "describe_driver",
+    "driver_alive",
+    "driver_tags",
     "end_run",
     "flatten",
+    "heartbeat",
     "latest_named_run",
     "log_dataset",
     "log_metrics",
@@ -40,5 +46,6 @@ __all__ = [
     "promote_if_better",
     "register",
     "rollback_alias",
+    "set_tags",
     "start_run",
 ]

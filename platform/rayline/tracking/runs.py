@@ -7,13 +7,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import mlflow
 from mlflow import MlflowClient
 from mlflow.data.code_dataset_source import CodeDatasetSource
 from mlflow.data.dataset_source_registry import resolve_dataset_source
 from mlflow.data.meta_dataset import MetaDataset
-from mlflow.entities import Param, Run
+from mlflow.entities import DatasetInput, InputTag, Param, Run, RunTag
 from mlflow.types import ColSpec, Schema
+from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
 MAX_PARAM_LENGTH = 6000
 
@@ -63,18 +63,20 @@ def log_params(tracking_uri: str, run_id: str, params: Mapping[str, str]) -> Non
         client.log_batch(run_id, params=items[start:start + 100])
 
 
-def log_dataset(run_id: str, name: str, uri: str, digest: str, schema: Mapping[str, str],
+def log_dataset(tracking_uri: str, run_id: str, name: str, uri: str, digest: str, schema: Mapping[str, str],
                 context: str = "training", digest_kind: str | None = None) -> None:
     """Record the dataset as a run input (source, digest, column schema); ``digest_kind`` (what the digest
-    covers, see ``rayline.data.sources.SourceInfo``) becomes the input tag ``rayline.digest_kind``."""
+    covers, see ``rayline.data.sources.SourceInfo``) becomes the input tag ``rayline.digest_kind``. Through the
+    client, not ``mlflow.start_run``: leaving that block would end the run (``FINISHED``) while it trains."""
     try:
         source = resolve_dataset_source(uri)
     except Exception:  # bundled and synthetic sources have no MLflow source type
         source = CodeDatasetSource(tags={"uri": uri})
     columns = Schema([ColSpec(_mlflow_type(dtype), column) for column, dtype in schema.items()])
     dataset = MetaDataset(source=source, name=name, digest=digest, schema=columns)
-    with mlflow.start_run(run_id=run_id):
-        mlflow.log_input(dataset, context=context, tags={"rayline.digest_kind": digest_kind} if digest_kind else None)
+    tags = [InputTag(MLFLOW_DATASET_CONTEXT, context), *([InputTag("rayline.digest_kind", digest_kind)]
+                                                          if digest_kind else [])]
+    MlflowClient(tracking_uri).log_inputs(run_id, datasets=[DatasetInput(dataset._to_mlflow_entity(), tags)])
 
 
 def _mlflow_type(dtype: str) -> str:
@@ -94,6 +96,11 @@ def log_text(tracking_uri: str, run_id: str, text: str, artifact_file: str) -> N
         path.write_text(text)
         parent = str(Path(artifact_file).parent)
         MlflowClient(tracking_uri).log_artifact(run_id, str(path), None if parent == "." else parent)
+
+
+def set_tags(tracking_uri: str, run_id: str, tags: Mapping[str, str]) -> None:
+    """Set ``tags`` on the run in one request."""
+    MlflowClient(tracking_uri).log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
 
 
 def end_run(tracking_uri: str, run_id: str, status: str = "FINISHED") -> None:
