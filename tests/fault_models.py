@@ -158,3 +158,28 @@ class NanFromEpochMLP(MLP):
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         outputs = super().forward(features)
         return outputs * float("nan") if self.training and self.epoch >= self.nan_from_epoch else outputs
+
+
+class FailsAtTestMLP(MLP):
+    """With ``fail_at_test``, an MLP that learns and then fails in its test evaluation (the evaluation after its last
+    epoch's validation: more evaluations than training epochs); without it, one that learns nothing (its inputs are
+    zeroed). A sweep over both has its best validation accuracy in the trial that never finishes."""
+
+    def __init__(self, num_features: int, num_outputs: int, fail_at_test: int, **params) -> None:
+        super().__init__(num_features, num_outputs, **params)
+        self.fail_at_test = bool(fail_at_test)
+        self.epochs = self.evaluations = 0
+
+    def train(self, mode: bool = True) -> FailsAtTestMLP:
+        if mode:
+            self.epochs += 1
+        else:
+            self.evaluations += 1
+        return super().train(mode)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        if not self.fail_at_test:
+            return super().forward(features * 0)
+        if not self.training and self.evaluations > self.epochs:
+            raise RuntimeError("FailsAtTestMLP: failing in the test evaluation, as asked")
+        return super().forward(features)

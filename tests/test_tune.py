@@ -96,12 +96,12 @@ def test_a_tuned_data_field_is_refused(platform: rayline.Platform, tmp_path: Pat
 
 
 def _sweep_file(tmp_path: Path, name: str, model: dict, search_space: dict, workers: int = 1, epochs: int = 3,
-                **fields) -> Path:
+                overrides: dict | None = None, **fields) -> Path:
     spec = tmp_path / "sweep.yaml"
     spec.write_text(yaml.safe_dump({
         "name": f"faults-{name}", "pipeline": str(PIPELINES / "digits.yaml"),
         "overrides": {"train.epochs": epochs, "model": model, "preprocess": [], "tracking.experiment": name,
-                      "tracking.model_name": name, "train.scaling.num_workers": workers},
+                      "tracking.model_name": name, "train.scaling.num_workers": workers, **(overrides or {})},
         "search_space": search_space, "num_samples": 1, **fields}))
     return spec
 
@@ -119,6 +119,28 @@ def test_a_trial_whose_loss_goes_nan_is_stopped_and_marked(platform: rayline.Pla
     assert "test_accuracy" not in runs[1].data.metrics  # stopped before its test evaluation
     assert runs[99].info.status == "FINISHED"  # the other trial went on unharmed, and is the one published
     assert result.best["config"] == {"model.params.nan_from_epoch": 99}
+
+
+def test_the_best_trial_that_finished_is_published_and_the_skipped_ones_are_listed(
+        platform: rayline.Platform, tmp_path: Path, mlflow_client) -> None:
+    """The trial with the best validation accuracy fails in its test evaluation; the other one, which learns
+    nothing, finishes: it is the one published, and the sweep says why the better one was skipped."""
+    name = f"t{tmp_path.name[-8:]}"
+    spec = _sweep_file(tmp_path, name, {"name": "fault_models:FailsAtTestMLP", "params": {"hidden": [32]}},
+                       {"model.params.fail_at_test": "grid([1, 0])"}, epochs=2,
+                       overrides={"train.max_failures": 0}, metric="val_accuracy", mode="max")
+    result = rayline.tune(spec, ray_address=platform.ray_address, tracking_uri=platform.tracking_uri,
+                          storage_uri=platform.storage_uri)
+    assert result.best["config"] == {"model.params.fail_at_test": 0}
+    runs = {run.data.params["model.params.fail_at_test"]: run for run in mlflow_client.search_runs(
+        [mlflow_client.get_experiment_by_name(name).experiment_id], "tags.`rayline.trial` != ''")}
+    failing, finishing = runs["1"], runs["0"]
+    assert failing.data.metrics["val_accuracy"] > finishing.data.metrics["val_accuracy"]
+    assert result.best["run_id"] == finishing.info.run_id
+    assert result.skipped == {failing.info.run_name: "errored before its test evaluation"}, result.skipped
+    assert mlflow_client.get_model_version(name, "1").run_id == finishing.info.run_id
+    parent = mlflow_client.get_run(result.parent_run_id)
+    assert parent.data.tags["rayline.skipped_trials"] == f"{failing.info.run_name}: errored before its test evaluation"
 
 
 def test_a_trial_whose_worker_crashes_restores_from_its_checkpoint(platform: rayline.Platform, tmp_path: Path,

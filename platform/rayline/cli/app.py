@@ -117,6 +117,8 @@ def tune_command(
     typer.secho(f"\nsweep finished in {result.wall_s:.1f} s; best {best['config']}", bold=True)
     typer.echo(f"  model          {best['model_uri']}")
     typer.echo(f"  promotion      {'PROMOTED' if best['promotion'].promoted else 'kept'}: {best['promotion'].reason}")
+    for name, why in result.skipped.items():
+        typer.echo(f"  skipped        {name} (ranked higher): {why}")
 
 
 @app.command()

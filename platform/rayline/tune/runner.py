@@ -9,12 +9,13 @@ import math
 import os
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import mlflow
 import pandas as pd
 from mlflow import MlflowClient
+from mlflow.entities import Run
 from ray import tune
 from ray.train import Checkpoint
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining, TrialScheduler
@@ -43,6 +44,7 @@ os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_
 TRIAL_TAG = "rayline.trial"
 SWEEP_TAG = "rayline.sweep"
 STOPPED_TAG = "rayline.stopped"
+SKIPPED_TAG = "rayline.skipped_trials"  # on the parent run: better-ranked trials that could not be published
 CONFIG_TAG = "rayline.config"  # the config a restarted trial runs (PBT mutates it; params keep the first)
 STARTED_FROM_TAG = "rayline.started_from"  # the Tune checkpoint a restarted trial started from
 PATH_TAG = "rayline.tune_path"  # where Ray Tune keeps the sweep's state, for --resume
@@ -51,12 +53,14 @@ SHARED_PREFIXES = ("data.", "preprocess")  # prepared once per sweep: not tunabl
 
 @dataclass
 class SweepResult:
-    """What a sweep produced: one row per trial, the best trial, and the model published from it."""
+    """What a sweep produced: one row per trial, the best trial that finished its test evaluation, the model
+    published from it, and the trials ranked above it that could not be published."""
 
     trials: pd.DataFrame
     best: dict[str, Any]  # config, metrics, run_id, model_uri, promotion
     parent_run_id: str
     wall_s: float
+    skipped: dict[str, str] = field(default_factory=dict)  # better-ranked trials not published: run name → why
 
 
 def trial(config: dict[str, Any], document: dict[str, Any], prepared: PreparedData, storage_uri: str,
@@ -232,7 +236,9 @@ def run_sweep(sweep: SweepSpec, platform: Platform, progress: Progress | None = 
                      if result.metrics and not math.isfinite(result.metrics.get("train_loss", 0.0))}
         errored = {result.metrics["trial_id"] for result in grid if result.error and result.metrics}
         children = _close_stopped_trials(uri, experiment_id, parent, nonfinite, errored)
-        best = _publish_best(grid, sweep, document, prepared, uri, experiment_id, progress)
+        best, skipped = _publish_best(grid, sweep, document, prepared, uri, children, progress)
+        if skipped:
+            tracking.set_tags(uri, parent, {SKIPPED_TAG: "; ".join(f"{n}: {why}" for n, why in skipped.items())})
         log_trials(uri, parent, children, trials, metric)
         tracking.end_run(uri, parent)
     except BaseException:
@@ -240,7 +246,8 @@ def run_sweep(sweep: SweepSpec, platform: Platform, progress: Progress | None = 
         raise
     finally:
         prepared.release()
-    return SweepResult(trials=trials, best=best, parent_run_id=parent, wall_s=time.perf_counter() - started)
+    return SweepResult(trials=trials, best=best, parent_run_id=parent, wall_s=time.perf_counter() - started,
+                       skipped=skipped)
 
 
 def _interrupted(tracking_uri: str, experiment: str, sweep: SweepSpec) -> tuple[str, str]:
@@ -271,24 +278,47 @@ def _close_stopped_trials(tracking_uri: str, experiment_id: str, parent_run_id: 
     return client.search_runs([experiment_id], query)
 
 
+def _rank(grid: tune.ResultGrid, metric: str, mode: str) -> list[tune.Result]:
+    """The trials that reported a finite ``metric``, best first by their last report."""
+    scored = [r for r in grid if r.metrics and math.isfinite(r.metrics.get(metric, math.nan))]
+    return sorted(scored, key=lambda r: r.metrics[metric], reverse=mode == "max")
+
+
+def _unpublishable(result: tune.Result, run: Run, test_metric: str) -> str | None:
+    """Why a trial's model cannot be published (it has no test metric to take to the promotion gate), or None."""
+    if test_metric in run.data.metrics and CHECKPOINT_PATH in result.metrics:
+        return None
+    if STOPPED_TAG in run.data.tags:
+        stopped = run.data.tags[STOPPED_TAG]
+        return f"stopped {stopped} before its test evaluation" if stopped.startswith("by ") else f"stopped: {stopped}"
+    return "errored before its test evaluation" if result.error else "ended before its test evaluation"
+
+
 def _publish_best(grid: tune.ResultGrid, sweep: SweepSpec, document: dict[str, Any], prepared: PreparedData,
-                  tracking_uri: str, experiment_id: str, progress: Progress) -> dict[str, Any]:
-    """Package and register the best finished trial's last checkpoint, from its nested run."""
+                  tracking_uri: str, children: list[Run], progress: Progress) -> tuple[dict[str, Any], dict[str, str]]:
+    """Package and register the last checkpoint of the best trial that finished its test evaluation, from its
+    nested run. Returns it, and the better-ranked trials that were skipped, with why (run name → reason)."""
     metric, mode = sweep.objective
-    best = grid.get_best_result(metric=metric, mode=mode, scope="last", filter_nan_and_inf=True)
-    if best is None or best.metrics is None or CHECKPOINT_PATH not in best.metrics:
-        raise RaylineError(f"no trial reported {metric!r} with a checkpoint: nothing to publish")
+    runs = {run.data.tags[TRIAL_TAG]: run for run in children}
+    test_metric = trial_spec(document, {}).promotion[0]  # the task, and so the test metric, is every trial's
+    skipped: dict[str, str] = {}
+    for best in _rank(grid, metric, mode):
+        run = runs[best.metrics["trial_id"]]
+        reason = _unpublishable(best, run, test_metric)
+        if reason is None:
+            break
+        skipped[run.info.run_name] = reason
+    else:
+        listed = "".join(f"; {name}: {why}" for name, why in skipped.items())
+        raise RaylineError(f"no trial finished its test evaluation with a finite {metric!r}: nothing to publish"
+                           f"{listed}")
+    for name, why in skipped.items():
+        progress("tune", f"trial {name} ranks higher on {metric} but is not published: {why}")
     config = {path: best.config[path] for path in sweep.search_space}
     spec = trial_spec(document, config)
-    client = MlflowClient(tracking_uri)
-    [run] = client.search_runs([experiment_id], f"tags.`{TRIAL_TAG}` = '{best.metrics['trial_id']}'")
-    metrics = run.data.metrics
-    if spec.promotion[0] not in metrics:
-        raise RaylineError(f"the best trial ({run.info.run_name}) ended before its test evaluation: nothing to "
-                           f"compare at the promotion gate")
     model_uri = package(spec, prepared, Checkpoint(best.metrics[CHECKPOINT_PATH]), run.info.run_id)
-    version, decision = register(spec, tracking_uri, model_uri, metrics)
+    version, decision = register(spec, tracking_uri, model_uri, run.data.metrics)
     progress("register", f"{spec.tracking.model_name} version {version} from trial {run.info.run_name}; "
              f"{decision.reason}")
-    return {"config": config, "metrics": metrics, "run_id": run.info.run_id,
-            "model_uri": f"models:/{spec.tracking.model_name}/{version}", "promotion": decision}
+    return {"config": config, "metrics": run.data.metrics, "run_id": run.info.run_id,
+            "model_uri": f"models:/{spec.tracking.model_name}/{version}", "promotion": decision}, skipped
