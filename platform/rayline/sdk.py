@@ -91,6 +91,8 @@ def submit(
     run_name: str | None = None,
     excludes: Sequence[str] = (),
     command: str = "rayline",
+    tracking_uri: str | None = None,
+    storage_uri: str | None = None,
     state_dir: str | Path = DEFAULT_STATE_DIR,
     on_log: Callable[[str], None] | None = None,
     on_submitted: Callable[[str], None] | None = None,
@@ -101,10 +103,13 @@ def submit(
     ``address`` is the cluster's dashboard (``http://head:8265``), else ``RAY_API_SERVER_ADDRESS``, else the
     running embedded platform's. ``working_dir`` (holding the spec) is uploaded without state, caches, virtual
     environments and ``excludes``. Submitting again under the same ``run_name`` resumes from the last checkpoint.
+    ``tracking_uri`` and ``storage_uri`` go into the job's environment: a plain Ray cluster (not a ``rayline up``
+    platform, which has its own) needs both, or the job is refused.
     """
     target = address or os.environ.get("RAY_API_SERVER_ADDRESS") or _running_dashboard(state_dir)
     return _submit(spec, list(overrides), target, working_dir=working_dir, run_name=run_name, excludes=excludes,
-                   command=command, on_log=on_log, on_submitted=on_submitted)
+                   command=command, tracking_uri=tracking_uri, storage_uri=storage_uri, on_log=on_log,
+                   on_submitted=on_submitted)
 
 
 def _running_dashboard(state_dir: str | Path) -> str:
@@ -125,7 +130,7 @@ def serve(
 ) -> Endpoint:
     """Deploy (or update) a service spec on Ray Serve and return its endpoint (``.url``, ``.predict(rows)``)."""
     loaded = spec if isinstance(spec, ServiceSpec) else load_service_spec(spec, overrides)
-    return _deploy(loaded, connect(ray_address, tracking_uri, None, state_dir))
+    return _deploy(loaded, connect(ray_address, tracking_uri, None, state_dir, needs_storage=False))
 
 
 def export_service(spec: str | Path | ServiceSpec, overrides: Overrides = None, *,
@@ -139,13 +144,13 @@ def export_service(spec: str | Path | ServiceSpec, overrides: Overrides = None, 
 def serve_status(*, ray_address: str | None = None, tracking_uri: str | None = None,
                  state_dir: str | Path = DEFAULT_STATE_DIR) -> dict[str, object]:
     """Serve's view of the applications on the cluster: status, route prefix and deployments."""
-    return _serve_status(connect(ray_address, tracking_uri, None, state_dir))
+    return _serve_status(connect(ray_address, tracking_uri, None, state_dir, needs_storage=False))
 
 
 def shutdown(name: str | None = None, *, ray_address: str | None = None, tracking_uri: str | None = None,
              state_dir: str | Path = DEFAULT_STATE_DIR) -> None:
     """Delete one served application, or stop Serve entirely (``name=None``)."""
-    _shutdown(connect(ray_address, tracking_uri, None, state_dir), name)
+    _shutdown(connect(ray_address, tracking_uri, None, state_dir, needs_storage=False), name)
 
 
 def predict(model: str | ModelUri, input_uri: str, output_uri: str, *, actors: int = 1,
@@ -157,8 +162,8 @@ def predict(model: str | ModelUri, input_uri: str, output_uri: str, *, actors: i
         uri = ModelUri.parse(model)
     except ValueError as err:
         raise SpecError(str(err), field="--model") from None
-    return predict_batch(connect(ray_address, tracking_uri, None, state_dir), uri, input_uri, output_uri,
-                         actors=actors)
+    platform = connect(ray_address, tracking_uri, None, state_dir, needs_storage=False)
+    return predict_batch(platform, uri, input_uri, output_uri, actors=actors)
 
 
 def promote(name: str, version: str | int, alias: str = "champion", *, tracking_uri: str | None = None,
@@ -178,7 +183,8 @@ def rollback(name: str, alias: str = "champion", *, tracking_uri: str | None = N
 
 def _tracking_uri(tracking_uri: str | None, state_dir: str | Path) -> str:
     """The given URI, else ``MLFLOW_TRACKING_URI``, else the embedded platform's server (started if needed)."""
-    return tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or _up(state_dir).tracking_uri
+    return tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or \
+        connect(None, None, None, state_dir, needs_storage=False).tracking_uri
 
 
 def up(state_dir: str | Path = DEFAULT_STATE_DIR, num_cpus: int | None = None, *, mlflow_backend: str | None = None,

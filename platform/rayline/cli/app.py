@@ -269,12 +269,19 @@ def submit(
     exclude: Annotated[list[str] | None, typer.Option(help="leave matching files out of the upload (gitignore "
                                                            "syntax)")] = None,
     command: Annotated[str, typer.Option(help="how the cluster's nodes run rayline")] = "rayline",
+    tracking_uri: Annotated[str | None, typer.Option(
+        envvar="MLFLOW_TRACKING_URI", help="the MLflow server the job records into, put in its environment (a "
+        "plain Ray cluster has none; a `rayline up` platform's is used when not given)")] = None,
+    storage: Annotated[str | None, typer.Option(
+        envvar="RAYLINE_STORAGE", help="checkpoint/data storage URI every node reaches, put in the job's "
+        "environment (as --tracking-uri)")] = None,
     state_dir: StateDir = Path(DEFAULT_STATE_DIR),
 ) -> None:
     """Run a pipeline on a Ray cluster as a Ray job: upload, stream its log, end with its status and MLflow run."""
     try:
         job = rayline.submit(spec, overrides or [], address=address, working_dir=working_dir, run_name=run_name,
-                             excludes=exclude or [], command=command, state_dir=state_dir,
+                             excludes=exclude or [], command=command, tracking_uri=tracking_uri,
+                             storage_uri=storage, state_dir=state_dir,
                              on_submitted=lambda job_id: _stage("job", f"submitted {job_id}"),
                              on_log=lambda text: typer.echo(text, nl=False))
     except SpecError as err:

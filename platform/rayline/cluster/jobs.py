@@ -68,17 +68,19 @@ def pack(working_dir: Path, into: Path, excludes: Sequence[str] = ()) -> Path:
 
 
 def submit_and_follow(address: str, entrypoint: str, working_dir: Path, *, excludes: Sequence[str] = (),
-                      metadata: Mapping[str, str] | None = None, submission_id: str | None = None,
-                      on_log: Callable[[str], None] | None = None, on_submitted: Callable[[str], None] | None = None,
-                      ) -> JobOutcome:
-    """Submit ``entrypoint`` with ``working_dir`` as its working directory, stream its log to ``on_log`` as it
-    grows, and return once the job has ended. Nothing is submitted if the cluster is unreachable or refuses the
-    token, or if the working directory is over Ray's upload limit."""
+                      env_vars: Mapping[str, str] | None = None, metadata: Mapping[str, str] | None = None,
+                      submission_id: str | None = None, on_log: Callable[[str], None] | None = None,
+                      on_submitted: Callable[[str], None] | None = None) -> JobOutcome:
+    """Submit ``entrypoint`` with ``working_dir`` as its working directory (and ``env_vars`` in its environment:
+    nothing secret, Ray logs them), stream its log to ``on_log`` as it grows, and return once the job has ended.
+    Nothing is submitted if the cluster is unreachable or refuses the token, or if the working directory is over
+    Ray's upload limit."""
     jobs = client(address)
     with tempfile.TemporaryDirectory(prefix="rayline-job-") as scratch:
         package = pack(working_dir, Path(scratch), excludes)
-        job_id = jobs.submit_job(entrypoint=entrypoint, runtime_env={"working_dir": str(package)},
-                                 submission_id=submission_id, metadata=dict(metadata or {}))
+        runtime_env = {"working_dir": str(package), **({"env_vars": dict(env_vars)} if env_vars else {})}
+        job_id = jobs.submit_job(entrypoint=entrypoint, runtime_env=runtime_env, submission_id=submission_id,
+                                 metadata=dict(metadata or {}))
     if on_submitted:
         on_submitted(job_id)
     return follow(jobs, job_id, on_log)

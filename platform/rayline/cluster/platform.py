@@ -13,8 +13,10 @@ from ray._private import ray_constants
 
 from rayline.cluster import embedded
 from rayline.cluster.processes import is_loopback
+from rayline.errors import RaylineError
 
 DEFAULT_STATE_DIR = ".rayline"
+JOB_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"  # set by Ray's job supervisor in the environment of a job's driver
 
 
 @dataclass(frozen=True)
@@ -67,12 +69,20 @@ def connect(
     tracking_uri: str | None = None,
     storage_uri: str | None = None,
     state_dir: str | Path = DEFAULT_STATE_DIR,
+    *,
+    needs_storage: bool = True,
 ) -> Platform:
     """Resolve the platform: explicit arguments, then ``RAY_ADDRESS`` / ``MLFLOW_TRACKING_URI`` /
-    ``RAYLINE_STORAGE``, then the embedded platform in ``state_dir`` (started if it is not running)."""
+    ``RAYLINE_STORAGE``, then the embedded platform in ``state_dir`` (started if it is not running).
+
+    Inside a Ray job (its driver), a missing tracking URI, or missing storage when ``needs_storage``, is refused:
+    an embedded platform started there would run on after the job, in the job's temporary directory."""
     ray_address = ray_address or os.environ.get("RAY_ADDRESS")
     tracking_uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
     storage_uri = storage_uri or os.environ.get("RAYLINE_STORAGE")
+    if os.environ.get(JOB_ENV):
+        needed = {"MLFLOW_TRACKING_URI": tracking_uri, **({"RAYLINE_STORAGE": storage_uri} if needs_storage else {})}
+        _refuse_in_a_job([name for name, value in needed.items() if not value])
     if ray_address and tracking_uri:
         return Platform(ray_address, tracking_uri, storage_uri or str(Path(state_dir).resolve() / "storage"))
     local = _from_embedded(embedded.up(state_dir))
@@ -82,6 +92,16 @@ def connect(
         storage_uri or local.storage_uri,
         local.dashboard_url if not ray_address else None,
     )
+
+
+def _refuse_in_a_job(missing: list[str]) -> None:
+    if missing:
+        raise RaylineError(
+            f"this Ray job has no {' and no '.join(missing)} in its environment, and rayline does not start a "
+            "tracking server or a cluster inside a job (they would outlive it, and their records vanish with its "
+            "working directory): pass MLFLOW_TRACKING_URI and RAYLINE_STORAGE (storage every node reaches) with "
+            "`ray job submit --runtime-env-json '{\"env_vars\": {...}}'`, or submit with `rayline submit "
+            "--tracking-uri URI --storage URI`, which fills them in")
 
 
 def up(state_dir: str | Path = DEFAULT_STATE_DIR, num_cpus: int | None = None, *, mlflow_backend: str | None = None,
