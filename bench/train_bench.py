@@ -118,7 +118,7 @@ def write_training_rows(platform: rayline.Platform, spec: rayline.PipelineSpec, 
     from rayline.data.split import assign_splits, select_split
 
     raw, _ = read_source(spec.data, platform.storage_uri)
-    select_split(assign_splits(raw, spec.data.split), "train").write_parquet(str(target))
+    select_split(assign_splits(raw, spec.data.split, spec.data.label), "train").write_parquet(str(target))
 
 
 def run_peer(spec: rayline.PipelineSpec, rows: Path, out: Path) -> tuple[dict[str, object], float]:

@@ -21,6 +21,9 @@ SERVE_MODEL = "serve-test"
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")]))
 # ... and the registry may make replicas load those test models: the operator's allowlist names their module.
 os.environ["RAYLINE_MODEL_MODULES"] = "fault_models"
+# The hash steps' secret key (tabular.yaml hashes a column); the platform's Ray processes inherit it, as replicas
+# must have it to load a model with keyed hash steps.
+os.environ["RAYLINE_HASH_KEY"] = "rayline-tests-hash-key-5d1c8a0e"
 for variable in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI", "RAYLINE_STORAGE"):
     os.environ.pop(variable, None)
 

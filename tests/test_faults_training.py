@@ -73,7 +73,7 @@ def test_a_preprocessing_task_that_dies_once_loses_and_duplicates_nothing(platfo
     frame.insert(0, "row_id", np.arange(len(frame)))
     split = SplitSpec(validation=0.1, test=0.2)
     features = [c for c in frame.columns if c.startswith("pixel_")]
-    assigned = assign_splits(ray.data.from_pandas(frame).repartition(8), split).materialize()
+    assigned = assign_splits(ray.data.from_pandas(frame).repartition(8), split, "target").materialize()
     step = MinMaxScale(type="min_max_scale", columns=features)
     fitted = FittedPreprocessor.fit(select_split(assigned, "train"), assigned, [step], features, "target",
                                     "classification")

@@ -141,6 +141,22 @@ def test_resubmitting_under_the_same_run_name_resumes_from_the_last_checkpoint(p
     assert third.returncode == 1 and "'nightly' finished already" in third.stdout, third.stdout[-2000:]
 
 
+def test_a_submitted_run_whose_loss_is_not_finite_fails_and_registers_nothing(platform: rayline.Platform,
+                                                                              tmp_path: Path, mlflow_client) -> None:
+    name = f"n{tmp_path.name[-8:]}"
+    root = _job_dir(tmp_path)
+    done = _cli(root, "pipelines/digits.yaml", "--address", platform.dashboard_url, "--command", str(BIN / "rayline"),
+                *(a for s in ("train.epochs=2", "train.scaling.num_workers=1", "preprocess=[]",
+                              "model={name: 'fault_models:NanFromEpochMLP', params: {nan_from_epoch: 0}}",
+                              f"tracking.experiment={name}", f"tracking.model_name={name}") for a in ("--set", s)))
+    output = done.stdout + done.stderr
+    assert done.returncode == 1 and "FAILED" in output, output[-3000:]
+    assert "error: training diverged: train_loss is nan from epoch 0" in output, output[-3000:]
+    [run] = mlflow_client.search_runs([mlflow_client.get_experiment_by_name(name).experiment_id])
+    assert run.info.status == "FAILED"
+    assert mlflow_client.search_registered_models(f"name = '{name}'") == []
+
+
 @pytest.mark.parametrize("case", ["unreachable", "wrong token", "oversized", "invalid spec", "outside"])
 def test_bad_submissions_are_refused_before_any_job_exists(case: str, platform: rayline.Platform,
                                                            tmp_path: Path) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import NamedTuple
 
 
@@ -43,3 +43,10 @@ class SpecError(RaylineError):
             "".join(f"{part}: " for part in (self.file, problem.field) if part) + problem.message
             for problem in self.problems
         )
+
+
+def raise_problems(problems: Sequence[SpecProblem]) -> None:
+    """Raise one :class:`SpecError` listing every problem, if there are any."""
+    if problems:
+        first, *more = problems
+        raise SpecError(first.message, field=first.field, more=more)

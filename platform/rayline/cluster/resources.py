@@ -8,7 +8,7 @@ import math
 
 import ray
 
-from rayline.errors import SpecError
+from rayline.errors import SpecProblem, raise_problems
 from rayline.spec import ScalingSpec
 
 
@@ -53,13 +53,13 @@ def possible_nodes(most_workers: int) -> list[dict[str, float]] | None:
     return None if _autoscales() else nodes
 
 
-def check_placeable(scaling: ScalingSpec, nodes: list[dict[str, float]] | None = None) -> None:
-    """Raise :class:`SpecError` if ``num_workers`` bundles (the minimum of a range) can never fit on the cluster's
-    nodes (:func:`possible_nodes`, unless ``nodes`` is given); nothing is refused where that is unknown."""
+def placement_problems(scaling: ScalingSpec, nodes: list[dict[str, float]] | None = None) -> list[SpecProblem]:
+    """Why ``num_workers`` bundles (the minimum of a range) can never fit on the cluster's nodes
+    (:func:`possible_nodes`, unless ``nodes`` is given); nothing where that is unknown."""
     if nodes is None:
         nodes = possible_nodes(scaling.max_workers)
         if nodes is None:
-            return
+            return []
     bundle = worker_bundle(scaling)
 
     def fits(node: dict[str, float]) -> int:
@@ -72,10 +72,16 @@ def check_placeable(scaling: ScalingSpec, nodes: list[dict[str, float]] | None =
         short = [name for name in bundle if largest[name] < bundle[name]]
         gpu_only = scaling.use_gpu and short == ["GPU"]
         field = "train.scaling.use_gpu" if gpu_only else "train.scaling.resources_per_worker"
-        raise SpecError(f"one worker asks for {bundle}, but no node has that much (largest: {largest})", field=field)
+        return [SpecProblem(field, f"one worker asks for {bundle}, but no node has that much (largest: {largest})")]
     if sum(per_node) < scaling.min_workers:
-        raise SpecError(f"{scaling.min_workers} workers of {bundle} never fit: the cluster holds at most "
-                        f"{sum(per_node)}", field="train.scaling.num_workers")
+        return [SpecProblem("train.scaling.num_workers", f"{scaling.min_workers} workers of {bundle} never fit: the "
+                            f"cluster holds at most {sum(per_node)}")]
+    return []
+
+
+def check_placeable(scaling: ScalingSpec, nodes: list[dict[str, float]] | None = None) -> None:
+    """Raise :class:`SpecError` with the :func:`placement_problems`, if any."""
+    raise_problems(placement_problems(scaling, nodes))
 
 
 def capacity() -> dict[str, float]:

@@ -14,7 +14,7 @@ from ray.data.preprocessor import Preprocessor
 from ray.data.preprocessors import Chain, Concatenator, LabelEncoder, SimpleImputer
 
 from rayline.data.state_codec import dump_preprocessor, load_preprocessor
-from rayline.data.steps import build_step
+from rayline.data.steps import HashBuckets, build_step
 from rayline.packaged.preprocessing import CompiledPreprocessor
 from rayline.spec import PreprocessStep
 
@@ -66,6 +66,12 @@ class FittedPreprocessor:
     def imputed_columns(self) -> frozenset[str]:
         """Input columns whose missing values the steps fill in."""
         return frozenset(c for step in self.feature_steps if isinstance(step, SimpleImputer) for c in step.columns)
+
+    @property
+    def hash_key_fingerprint(self) -> str | None:
+        """The fingerprint of the secret key the hash steps use (None when no step hashes with a key)."""
+        return next((step.key_fingerprint for step in self.feature_steps
+                     if isinstance(step, HashBuckets) and step.key_fingerprint), None)
 
     @property
     def num_outputs(self) -> int:

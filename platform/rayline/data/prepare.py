@@ -8,20 +8,23 @@ store the prepared splits are materialized there; otherwise they are written onc
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import pandas as pd
 import pyarrow.fs as pafs
 import ray
 import ray.data
+from pandas.api.types import is_bool_dtype, is_numeric_dtype
 from ray.data.dataset import MaterializedDataset
 
+from rayline.data import profile
 from rayline.data.fitted import FEATURES, FittedPreprocessor
 from rayline.data.sources import SourceInfo, data_files, read_parquet, read_source
-from rayline.data.split import SPLIT_COLUMN, SPLITS, assign_splits, count_splits, select_split
+from rayline.data.split import SPLIT_COLUMN, SPLITS, assign_splits, labelled_rows, select_split
 from rayline.data.validate import check_schema
-from rayline.errors import SpecError
-from rayline.spec import PipelineSpec
+from rayline.errors import SpecError, SpecProblem, raise_problems
+from rayline.spec import PipelineSpec, PreprocessStep
 from rayline.stages import StageClock
 
 CACHE_MAX_STORE_FRACTION = 0.2  # by default, cache when the raw rows take at most this share of the object store
@@ -42,6 +45,14 @@ class PreparedData:
     input_example: pd.DataFrame
     materialized: frozenset[str]
     location: str | None = None
+    dropped_null_labels: int = 0
+    missing_classes: list[str] = field(default_factory=list)
+
+    @property
+    def notes(self) -> list[str]:
+        """What the run should say about its data: rows dropped, classes an evaluation split lacks."""
+        dropped = [f"{self.dropped_null_labels} rows whose label is null were dropped (data.drop_null_labels)"]
+        return [*(dropped if self.dropped_null_labels else []), *self.missing_classes]
 
     @property
     def cached(self) -> bool:
@@ -74,30 +85,39 @@ def fits_in_store(rows: int, columns: int) -> bool:
     return rows * columns * BYTES_PER_VALUE <= CACHE_MAX_STORE_FRACTION * store
 
 
-def prepare(spec: PipelineSpec, storage_uri: str, clock: StageClock | None = None) -> PreparedData:
-    """Prepare ``spec.data`` for training; raises :class:`SpecError` naming the field on bad data.
+def prepare(spec: PipelineSpec, storage_uri: str, clock: StageClock | None = None,
+            earlier: Sequence[SpecProblem] = ()) -> PreparedData:
+    """Prepare ``spec.data`` for training; raises :class:`SpecError` naming every bad field, ``earlier`` problems
+    (found before the data was opened) included.
 
-    ``clock`` receives the time spent in ``data`` (read, validate, split, count), ``preprocess_fit`` and
-    ``preprocess_apply`` (every row transformed once, into the object store or into prepared Parquet)."""
+    ``clock`` receives the time spent in ``data`` (read, validate, split, the data gate's pass), ``preprocess_fit``
+    and ``preprocess_apply`` (every row transformed once, into the object store or into prepared Parquet)."""
     clock = clock or StageClock()
     with clock.stage("data"):
-        raw, source = read_source(spec.data, storage_uri)
+        try:
+            raw, source = read_source(spec.data, storage_uri)
+        except SpecError as err:
+            raise_problems([*earlier, *err.problems])
+            raise
         schema = schema_of(raw)
         if not schema:
-            raise SpecError(f"{spec.data.source} has zero rows", field="data.source")
-        features, steps = check_schema(spec, schema)
+            raise SpecError(f"{spec.data.source} has zero rows", field="data.source", more=earlier)
+        features, steps = check_schema(spec, schema, earlier)
         label = spec.data.label
         raw = raw.select_columns([*features, label])
         cache = spec.data.cache if spec.data.cache is not None else fits_in_store(raw.count(), len(features) + 1)
-        assigned = assign_splits(raw, spec.data.split)
+        assigned = assign_splits(raw, spec.data.split, label)
         if cache:
             assigned = assigned.materialize()  # the source is read and split once; later passes are in memory
-        counts = count_splits(assigned)
-        _check_counts(spec, counts)
+        found = profile.profile(assigned, label, profile.checked_columns(features, steps),
+                                spec.data.task == "classification")
+        missing_classes = profile.check(spec, found, steps)
+        counts = found.counts
+        labelled = labelled_rows(assigned)
         splits = {name: select_split(assigned, name) for name in SPLITS}
     with clock.stage("preprocess_fit"):
-        preprocessor = FittedPreprocessor.fit(splits["train"], assigned, steps, features, label, spec.data.task)
-        example = splits["test"].take_batch(5, batch_format="pandas")[preprocessor.input_columns]
+        preprocessor = FittedPreprocessor.fit(splits["train"], labelled, steps, features, label, spec.data.task)
+        example = _masked(splits["test"].take_batch(5, batch_format="pandas")[preprocessor.input_columns], steps)
     present = [name for name in SPLITS if counts[name]]
     location = None
     with clock.stage("preprocess_apply"):
@@ -106,7 +126,7 @@ def prepare(spec: PipelineSpec, storage_uri: str, clock: StageClock | None = Non
         else:
             location = f"{storage_uri.rstrip('/')}/prepared/{spec.name}-{uuid.uuid4().hex[:12]}"
             try:
-                datasets = _write_prepared(assigned, preprocessor, location, present)
+                datasets = _write_prepared(labelled, preprocessor, location, present)
                 # Evaluation splits are read once into the object store where they fit: only training streams.
                 width = preprocessor.num_features + 1
                 for name in present:
@@ -125,7 +145,24 @@ def prepare(spec: PipelineSpec, storage_uri: str, clock: StageClock | None = Non
         input_example=example,
         materialized=materialized,
         location=location,
+        dropped_null_labels=found.unlabelled,
+        missing_classes=missing_classes,
     )
+
+
+def _masked(example: pd.DataFrame, steps: Sequence[PreprocessStep]) -> pd.DataFrame:
+    """``example`` with every value of a hashed column replaced by a placeholder of its type: the input example is
+    stored with the model, and a hashed column's raw values must be written nowhere."""
+    masked = example.copy()
+    for column in {c for step in steps if step.type == "hash" for c in step.columns} & set(example.columns):
+        values = example[column]
+        if is_bool_dtype(values):
+            masked[column] = False
+        elif is_numeric_dtype(values):
+            masked[column] = values.dtype.type(0)
+        else:
+            masked[column] = "hashed"
+    return masked
 
 
 def _delete_dir(uri: str) -> None:
@@ -134,21 +171,11 @@ def _delete_dir(uri: str) -> None:
         filesystem.delete_dir(path)
 
 
-def _check_counts(spec: PipelineSpec, counts: dict[str, int]) -> None:
-    if sum(counts.values()) == 0:
-        raise SpecError(f"{spec.data.source} has zero rows", field="data.source")
-    required = [name for name in SPLITS if name != "validation" or spec.data.split.validation > 0]
-    for name in required:
-        if counts[name] == 0:
-            raise SpecError(f"the {name} split is empty ({counts}); add rows or change the fractions",
-                            field="data.split")
-
-
-def _write_prepared(assigned: ray.data.Dataset, preprocessor: FittedPreprocessor, location: str,
+def _write_prepared(labelled: ray.data.Dataset, preprocessor: FittedPreprocessor, location: str,
                     present: list[str]) -> dict[str, ray.data.Dataset]:
-    """Transform every row once, write the splits as Parquet partitions of bounded files, and open each split
-    for streaming."""
-    transformed = preprocessor.transform_dataset(assigned, keep=[SPLIT_COLUMN])
+    """Transform every labelled row once, write the splits as Parquet partitions of bounded files, and open each
+    split for streaming."""
+    transformed = preprocessor.transform_dataset(labelled, keep=[SPLIT_COLUMN])
     # Blocks are combined up to the file size before each write: a write per source block left 36 small files
     # in the training split of 200,000 rows, and so 36 blocks to stream each epoch.
     transformed.write_parquet(location, partition_cols=[SPLIT_COLUMN], min_bytes_per_file=PREPARED_FILE_BYTES)

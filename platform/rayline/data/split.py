@@ -10,6 +10,7 @@ from rayline.spec.pipeline import SplitSpec
 
 SPLIT_COLUMN = "__split__"
 SPLITS = ("train", "validation", "test")
+UNLABELLED = "unlabelled"  # the split value of a row whose label is null: in no split (refused, or dropped)
 _MASK64 = 2**64 - 1  # seeds are taken modulo 2**64
 
 
@@ -32,10 +33,10 @@ def row_units(batch: pd.DataFrame, seed: int) -> np.ndarray:
     return (_splitmix64(hashes ^ key) >> np.uint64(11)).astype(np.float64) / 2.0**53
 
 
-def _assign(batch: pd.DataFrame, split: SplitSpec) -> pd.DataFrame:
+def _assign(batch: pd.DataFrame, split: SplitSpec, label: str) -> pd.DataFrame:
     unit = row_units(batch, split.seed)
-    batch[SPLIT_COLUMN] = np.where(unit < split.test, "test",
-                                   np.where(unit < split.test + split.validation, "validation", "train"))
+    batch[SPLIT_COLUMN] = np.where(batch[label].isna(), UNLABELLED, np.where(
+        unit < split.test, "test", np.where(unit < split.test + split.validation, "validation", "train")))
     return batch
 
 
@@ -43,20 +44,19 @@ def _keep(batch: pd.DataFrame, name: str) -> pd.DataFrame:
     return batch[batch[SPLIT_COLUMN] == name].drop(columns=[SPLIT_COLUMN])
 
 
-def assign_splits(dataset: ray.data.Dataset, split: SplitSpec) -> ray.data.Dataset:
-    """Add the split column: a row's split depends only on its content and the seed, not on block layout."""
-    return dataset.map_batches(_assign, fn_kwargs={"split": split}, batch_format="pandas")
+def _labelled(batch: pd.DataFrame) -> pd.DataFrame:
+    return batch[batch[SPLIT_COLUMN] != UNLABELLED]
 
 
-def _count(batch: pd.DataFrame) -> pd.DataFrame:
-    counts = batch[SPLIT_COLUMN].value_counts()
-    return pd.DataFrame({name: [int(counts.get(name, 0))] for name in SPLITS})
+def assign_splits(dataset: ray.data.Dataset, split: SplitSpec, label: str) -> ray.data.Dataset:
+    """Add the split column: a row's split depends only on its content and the seed, not on block layout; a row
+    whose ``label`` is null goes to :data:`UNLABELLED` instead."""
+    return dataset.map_batches(_assign, fn_kwargs={"split": split, "label": label}, batch_format="pandas")
 
 
-def count_splits(assigned: ray.data.Dataset) -> dict[str, int]:
-    """Rows per split, in one pass over the data (a count per block, summed here: no shuffle)."""
-    per_block = assigned.map_batches(_count, batch_format="pandas", batch_size=None).to_pandas()
-    return {name: int(per_block[name].sum()) if len(per_block) else 0 for name in SPLITS}
+def labelled_rows(assigned: ray.data.Dataset) -> ray.data.Dataset:
+    """The rows of every split, with the split column: those whose label is not null (lazy, streaming)."""
+    return assigned.map_batches(_labelled, batch_format="pandas")
 
 
 def select_split(assigned: ray.data.Dataset, name: str) -> ray.data.Dataset:

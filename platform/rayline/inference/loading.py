@@ -45,6 +45,6 @@ def load_version(tracking_uri: str, uri: ModelUri, max_rows: int) -> LoadedModel
     packaged = PackagedModel.load(package_dir(local))
     signature = Model.load(local).signature
     columns = {c: t.name for c, t in signature.inputs.input_types_dict().items()}
-    schema = InputSchema(columns=columns, nullable=packaged.preprocessor.imputed_columns, max_rows=max_rows,
+    schema = InputSchema(columns=columns, nullable=packaged.preprocessor.nullable_columns, max_rows=max_rows,
                          numeric_model=packaged.preprocessor.numeric_only)
     return LoadedModel(uri=uri, model=packaged, schema=schema)

@@ -103,9 +103,17 @@ class InputSchema:
                 raise InputError(422, f"column {column!r} must be numeric", {"field": column, "type": kind})
             self._finite(numbers.to_numpy()[:, None], [column], np.array([column not in self.nullable]))
             return numbers
-        if values.map(lambda v: v is not None and not isinstance(v, str)).any():
+        if kind == "boolean":
+            if values.map(lambda v: not _absent(v) and not isinstance(v, bool | np.bool_)).any():
+                raise InputError(422, f"column {column!r} must hold booleans", {"field": column, "type": kind})
+        elif values.map(lambda v: not _absent(v) and not isinstance(v, str)).any():
             raise InputError(422, f"column {column!r} must hold strings", {"field": column, "type": kind})
         if values.isna().any() and column not in self.nullable:
             raise InputError(422, f"column {column!r} holds null, and the model does not impute it",
                              {"field": column})
         return values.astype(object)
+
+
+def _absent(value: object) -> bool:
+    """None, or what pandas puts where a value is missing (NaN, ``pd.NA``)."""
+    return value is None or value is pd.NA or (isinstance(value, float) and value != value)

@@ -18,6 +18,7 @@ from safetensors.torch import load_file, save_file
 
 from rayline.errors import RaylineError, SpecError
 from rayline.models import build_model, check_allowed
+from rayline.packaged.hashing import HashKeyError
 from rayline.packaged.layout import MODEL_SPEC, PREPROCESSOR, WEIGHTS
 from rayline.packaged.preprocessing import CompiledPreprocessor
 from rayline.spec import ModelSpec
@@ -111,7 +112,10 @@ class PackagedModel:
         root = Path(directory)
         spec = _read_spec(root / MODEL_SPEC, own_code)
         weights = load_safetensors(root / WEIGHTS)
-        preprocessor = CompiledPreprocessor.from_json((root / PREPROCESSOR).read_text())
+        try:
+            preprocessor = CompiledPreprocessor.from_json((root / PREPROCESSOR).read_text())
+        except HashKeyError as err:
+            raise LoadError(str(err)) from None
         module = build_model(spec, preprocessor.num_features, preprocessor.num_outputs)
         try:
             module.load_state_dict(weights)

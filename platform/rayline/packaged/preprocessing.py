@@ -12,14 +12,14 @@ the packaged model carries) and applies it with Ray's semantics, importing neith
   the constant; a fitted state without a value is refused, as Ray refuses to transform with it;
 - ``one_hot``: one position per fitted category, in sorted order (with ``max_categories``, Ray kept the most
   frequent ones when fitting); unseen values give all zeros, and so do missing ones (which Ray refuses);
-- ``hash``: a one-hot vector of the BLAKE2 bucket of ``str(value)`` (as ``data/steps.py:HashBuckets``);
+- ``hash``: a one-hot vector of the keyed BLAKE2 bucket of each value's canonical form (``hashing.py``, which
+  ``data/steps.py:HashBuckets`` calls too); missing values share a bucket; the key must be in the environment;
 - ``drop``: the column is not among the concatenated ones;
 - finally the concatenated columns in order, encodings flattened in place, as one float32 vector per row.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -27,10 +27,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from rayline.packaged.hashing import hash_bucket, key_for
 from rayline.packaged.state_json import decode
 
 EPSILON = 1e-8  # Ray's scalers take a smaller std or range as 1
-VERSION = 1  # the state version of every preprocessor below; another one may mean other semantics
 STANDARD = "io.ray.preprocessors.standard_scaler"
 MIN_MAX = "io.ray.preprocessors.min_max_scaler"
 IMPUTER = "io.ray.preprocessors.simple_imputer"
@@ -39,6 +39,9 @@ CONCAT = "io.ray.preprocessors.concatenator"
 LABEL = "io.ray.preprocessors.label_encoder"
 DROP = "io.rayline.preprocessors.drop_columns"
 HASH = "io.rayline.preprocessors.hash_buckets"
+# The state version each preprocessor below is read at (1 where not listed); another one may mean other semantics.
+# A version-1 hash (unkeyed BLAKE2 of str(value)) is refused: its buckets differed between training and serving.
+VERSIONS = {HASH: 2}
 Columns = dict[str, np.ndarray]  # the frame path's working columns: 1-D values, or (rows, width) encodings
 
 
@@ -145,10 +148,16 @@ class _OneHot:
 
 @dataclass(frozen=True)
 class _Hash:
-    """Each column → a one-hot vector of the BLAKE2 bucket of ``str(value)``."""
+    """Each column → a one-hot vector of its (keyed) hash bucket (:mod:`rayline.packaged.hashing`)."""
 
     columns: list[str]
     buckets: int
+    key: bytes | None
+
+    @classmethod
+    def from_state(cls, fields: dict[str, Any]) -> _Hash:
+        recorded = fields["key_fingerprint"]
+        return cls(list(fields["columns"]), int(fields["num_buckets"]), key_for(recorded) if recorded else None)
 
     @property
     def widths(self) -> dict[str, int]:
@@ -157,16 +166,9 @@ class _Hash:
     def frame(self, columns: Columns) -> None:
         for column in self.columns:
             values = columns[column].tolist()  # Python scalars, as iterating the pandas column gives them
-            codes = np.fromiter((hash_bucket(v, self.buckets) for v in values), dtype=np.int64, count=len(values))
+            codes = np.fromiter((hash_bucket(v, self.buckets, self.key) for v in values), dtype=np.int64,
+                                count=len(values))
             columns[column] = _one_hot(codes, self.buckets)
-
-
-
-def hash_bucket(value: Any, buckets: int) -> int:
-    """The bucket of ``str(value)``'s BLAKE2 hash: stable across processes; training (``data/steps.py``) and
-    serving both call this one function."""
-    digest = hashlib.blake2b(str(value).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") % buckets
 
 
 Step = _Scale | _Impute | _OneHot | _Hash
@@ -180,14 +182,15 @@ def _compile_step(type_id: str, fields: dict[str, Any], stats: dict[str, Any], p
     if type_id == ONE_HOT:
         return _OneHot.from_state(fields, stats)
     if type_id == HASH:
-        return _Hash(list(fields["columns"]), int(fields["num_buckets"]))
+        return _Hash.from_state(fields)
     raise ValueError(f"unknown preprocessing step {type_id!r}")
 
 
 def _state(step: dict[str, Any]) -> tuple[str, dict[str, Any], dict[str, Any]]:
     """A stored preprocessor's type, fields and stats, once its version is known."""
-    if step["version"] != VERSION:
-        raise ValueError(f"{step['type']} version {step['version']} is not supported (only {VERSION})")
+    version = VERSIONS.get(step["type"], 1)
+    if step["version"] != version:
+        raise ValueError(f"{step['type']} version {step['version']} is not supported (only {version})")
     return step["type"], decode(step["fields"]), decode(step["stats"])
 
 
@@ -224,6 +227,9 @@ class CompiledPreprocessor:
         self._layout = self._lay_out(concatenated)
         self.imputed_columns: frozenset[str] = frozenset(
             c for step in self._steps if isinstance(step, _Impute) for c in step.columns)
+        # missing values are imputed, or hashed to a bucket of their own
+        self.nullable_columns: frozenset[str] = self.imputed_columns | {
+            c for step in self._steps if isinstance(step, _Hash) for c in step.columns}
         self.numeric_only: bool = all(
             isinstance(step, _Scale) or (isinstance(step, _Impute) and step.fill is not None) for step in self._steps)
         self._gather = None if concatenated == self.input_columns else np.array(

@@ -14,18 +14,20 @@ import torch
 import yaml
 
 from rayline import tracking
-from rayline.cluster import Platform, check_placeable
+from rayline.cluster import Platform, placement_problems
 from rayline.data import PreparedData, prepare
-from rayline.errors import SpecError
+from rayline.errors import SpecError, SpecProblem
 from rayline.models import build_model, resolve_factory
 from rayline.pipeline.progress import epoch_progress
 from rayline.pipeline.publish import package, register
 from rayline.spec import PipelineSpec
 from rayline.stages import StageClock
-from rayline.train import fit
+from rayline.train import TrainingDiverged, fit
 
 Progress = Callable[[str, str], None]
 RUN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
+CLASSES_MISSING_TAG = "rayline.classes_missing"  # classes of the training split that an evaluation split lacks
+HASH_KEY_TAG = "rayline.hash_key_fingerprint"  # which secret key the hash steps used (never the key itself)
 RESUMES_TAG = "rayline.resumes_run"  # on a named run's later attempt: the id of the attempt whose training it resumed
 
 
@@ -44,6 +46,8 @@ class PipelineResult:
     counts: dict[str, int]
     wall_s: float
     stages: dict[str, float]
+    dropped_null_labels: int = 0
+    notes: list[str] = field(default_factory=list)
 
     @property
     def model_uri(self) -> str:
@@ -60,6 +64,15 @@ def _quiet(stage: str, message: str) -> None:
     pass
 
 
+def _model_problems(spec: PipelineSpec) -> list[SpecProblem]:
+    """Why ``model.name`` cannot be built (a factory that does not import), if it cannot."""
+    try:
+        resolve_factory(spec.model.name)
+    except SpecError as err:
+        return list(err.problems)
+    return []
+
+
 def check_run_name(run_name: str) -> None:
     """Refuse a malformed run name, naming it."""
     if not RUN_NAME.fullmatch(run_name):
@@ -74,6 +87,10 @@ def _earlier_attempt(spec: PipelineSpec, tracking_uri: str, run_name: str) -> st
     if earlier is not None and earlier.info.status == "FINISHED":
         raise SpecError(f"{run_name!r} finished already (run {earlier.info.run_id}): nothing is left to resume; "
                         "give the new run another name", field="run_name")
+    if earlier is not None and earlier.info.status == "RUNNING" and tracking.driver_alive(earlier):
+        raise SpecError(f"{run_name!r} is still running (run {earlier.info.run_id}, "
+                        f"{tracking.describe_driver(earlier)}): two attempts would share its checkpoints; wait for it "
+                        "to end, or stop it and run again to resume it", field="run_name")
     return earlier.info.run_id if earlier is not None else None
 
 
@@ -87,10 +104,6 @@ def run(
     ``run_name`` names the run: its checkpoints are kept under that name, so running the pipeline again under the
     same name after a failure (a killed job, a lost cluster) resumes training from the last checkpoint instead of
     starting over. The new attempt is a new MLflow run with the same name, tagged with the attempt it resumes;
-    if earlier is not None and earlier.info.status == "RUNNING" and tracking.driver_alive(earlier):
-        raise SpecError(f"{run_name!r} is still running (run {earlier.info.run_id}, "
-                        f"{tracking.describe_driver(earlier)}): two attempts would share its checkpoints; wait for it "
-                        "to end, or stop it and run again to resume it", field="run_name")
     a name whose run finished is refused. Without it, every run trains from scratch.
 
     The result's ``stages`` says where the wall time went; the same numbers are logged to the MLflow run as
@@ -100,12 +113,12 @@ def run(
     progress = progress or _quiet
     try:
         with clock.stage("connect"):
-            resolve_factory(spec.model.name)
+            problems = _model_problems(spec)
             platform.init_ray(verbose)
-            check_placeable(spec.train.scaling)
+            problems += placement_problems(spec.train.scaling)
             resumes = _earlier_attempt(spec, platform.tracking_uri, run_name) if run_name else None
         progress("data", f"reading {spec.data.source}")
-        prepared = prepare(spec, platform.storage_uri, clock)
+        prepared = prepare(spec, platform.storage_uri, clock, earlier=problems)
         try:
             with torch.device("meta"):  # checks the model's parameters without allocating its weights
                 build_model(spec.model, prepared.preprocessor.num_features, prepared.preprocessor.num_outputs)
@@ -119,6 +132,8 @@ def run(
     progress("data", f"{sum(counts.values())} rows: train {counts['train']} / validation {counts['validation']} "
              f"/ test {counts['test']}; {prepared.preprocessor.num_features} features, "
              f"{'cached in the object store' if prepared.cached else 'streamed from prepared Parquet'}")
+    for note in prepared.notes:
+        progress("data", note)
 
     uri = platform.tracking_uri
     mlflow.set_tracking_uri(uri)
@@ -160,7 +175,11 @@ def _tracked_run(spec: PipelineSpec, platform: Platform, prepared: PreparedData,
         source = prepared.source
         tracking.log_dataset(uri, run_id, source.name, source.uri, source.digest, prepared.input_schema,
                              digest_kind=source.digest_kind)
-        tracking.log_metrics(uri, run_id, {f"rows_{name}": n for name, n in prepared.counts.items()})
+        dropped = {"rows_dropped_null_label": prepared.dropped_null_labels} if spec.data.drop_null_labels else {}
+        tracking.log_metrics(uri, run_id, {**{f"rows_{name}": n for name, n in prepared.counts.items()}, **dropped})
+        tags = {CLASSES_MISSING_TAG: "; ".join(prepared.missing_classes),
+                HASH_KEY_TAG: prepared.preprocessor.hash_key_fingerprint or ""}
+        tracking.set_tags(uri, run_id, {key: value for key, value in tags.items() if value})
 
     scaling = spec.train.scaling
     progress("train", f"{scaling.workers_text} worker(s), {'GPU' if scaling.use_gpu else 'CPU'}, "
@@ -173,6 +192,9 @@ def _tracked_run(spec: PipelineSpec, platform: Platform, prepared: PreparedData,
     if late:
         progress("train", f"the tracking server was unreachable during training: epochs {', '.join(map(str, late))}"
                  f" were logged afterwards, from the train loop's history")
+    if (diverged := outcome.non_finite()) is not None:
+        raise TrainingDiverged(f"training diverged: {diverged}; nothing was registered and no alias moved (lower "
+                               "train.lr, or check the data)")
     if outcome.resumed_from_epoch is not None:
         progress("train", f"restored from the checkpoint of epoch {outcome.resumed_from_epoch} (a restarted worker "
                  "group, or an earlier attempt of this named run)")
@@ -195,5 +217,6 @@ def _tracked_run(spec: PipelineSpec, platform: Platform, prepared: PreparedData,
     return PipelineResult(
         run_id=run_id, experiment_id=experiment_id, model_name=name, model_version=version, metrics=metrics,
         promotion=decision, tracking_uri=uri, resumed_from_epoch=outcome.resumed_from_epoch,
-        counts=prepared.counts, wall_s=0.0, stages={},
+        counts=prepared.counts, wall_s=0.0, stages={}, dropped_null_labels=prepared.dropped_null_labels,
+        notes=prepared.notes,
     )

@@ -32,6 +32,7 @@ def summary_lines(name: str, result: PipelineResult) -> list[str]:
         f"  {'promotion':<{_WIDTH - 1}} {promotion}",
         _line("run_url", result.run_url),
         f"  {'stages (s)':<{_WIDTH - 1}} " + " | ".join(f"{k} {v:.1f}" for k, v in result.stages.items()),
+        *(f"  {'note':<{_WIDTH - 1}} {note}" for note in result.notes),
     ]
 
 

@@ -56,6 +56,9 @@ class DataSpec(Strict):
     features: list[str] | None = Field(None, description="feature columns; default: all but the label")
     task: Literal["classification", "regression"]
     split: SplitSpec = SplitSpec()
+    drop_null_labels: bool = Field(
+        False, description="drop the rows whose label is null (how many is reported); by default such rows are "
+        "refused")
     cache: bool | None = Field(
         None, description="true: keep the preprocessed splits in Ray's object store (never the driver); false: "
         "write them once as float32 Parquet under the run's storage and stream those files every epoch. Either "
@@ -107,10 +110,15 @@ class Drop(_Step):
 
 
 class Hash(_Step):
-    """Replace each value by a one-hot of a keyed hash bucket (the raw value never reaches the model)."""
+    """Replace each value by a one-hot of its hash bucket (the raw value never reaches the model). Values equal in
+    Python share a bucket (``3``, ``3.0``, ``True == 1``), and so do missing ones."""
 
     type: Literal["hash"]
     num_buckets: int = Field(16, ge=2, le=4096)
+    keyed: bool = Field(
+        True, description="hash with the secret key in RAYLINE_HASH_KEY (or the file named by "
+        "RAYLINE_HASH_KEY_FILE), which training and serving both need; the model records only its fingerprint. "
+        "false: an unkeyed hash, whose buckets a dictionary of likely values (names, zip codes) can reverse")
 
 
 PreprocessStep = Annotated[

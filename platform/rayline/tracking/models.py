@@ -17,12 +17,11 @@ def log_pyfunc(run_id: str, entry_file: str, artifacts: dict[str, str], input_ex
                pip_requirements: Sequence[str]) -> str:
     """Log the pyfunc defined by ``entry_file`` (models-from-code) into ``run_id``; return its model URI.
 
-    Integer input columns are declared as doubles, so a request with a missing value still passes
-    MLflow's schema enforcement (the preprocessor imputes or rejects it, not the signature). A run that had
-    already ended (a sweep's best trial) keeps its status and end time.
+    Input columns are declared with the example's types, as the training data had them: MLflow's pyfunc refuses
+    int64 values for a column declared double, so a frame like the training data must find integer columns
+    declared long (rayline's own endpoints take any number for either). The run keeps its status: a run that had
+    already ended (a sweep's best trial) its end time too.
     """
-    integers = input_example.select_dtypes("integer").columns
-    input_example = input_example.astype(dict.fromkeys(integers, "float64"))
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer", category=UserWarning)
         signature = infer_signature(input_example, output_example)
@@ -40,4 +39,6 @@ def log_pyfunc(run_id: str, entry_file: str, artifacts: dict[str, str], input_ex
         )
     if ended.end_time is not None:  # start_run reopened it, and ending the block stamped a new end time
         client.set_terminated(run_id, ended.status, end_time=ended.end_time)
+    else:  # ending the block marked it FINISHED: it is still running (registration is next)
+        client.update_run(run_id, status=ended.status)
     return info.model_uri

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import threading
@@ -42,6 +43,10 @@ class TrainingFailed(RaylineError):
     """Training did not finish, even after ``train.max_failures`` restarts."""
 
 
+class TrainingDiverged(RaylineError):
+    """Training finished with a loss that is not finite: its model must not be registered."""
+
+
 @dataclass
 class TrainOutcome:
     """What a finished training run hands to packaging and tracking."""
@@ -52,6 +57,18 @@ class TrainOutcome:
     history: list[dict[str, float]]  # rank 0's metrics of every epoch (what the MLflow run must hold)
     wall_s: float
     stages: dict[str, float]
+
+    def non_finite(self) -> str | None:
+        """Which loss went NaN or infinite, and from which epoch (training and validation), or the test loss; None
+        when every loss is finite."""
+        for epoch in self.history:
+            bad = {key: epoch[key] for key in ("train_loss", "val_loss") if not math.isfinite(epoch.get(key, 0.0))}
+            if bad:
+                first, *others = bad.items()
+                also = "".join(f" ({key} {value})" for key, value in others)
+                return f"{first[0]} is {first[1]} from epoch {int(epoch['epoch'])}{also}"
+        loss = self.test_metrics.get("test_loss", 0.0)
+        return None if math.isfinite(loss) else f"test_loss is {loss}"
 
     @property
     def resume_metrics(self) -> dict[str, float]:
