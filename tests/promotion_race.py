@@ -86,6 +86,21 @@ def check(client, name: str, values: list[float], decisions: list[dict]) -> None
         assert client.get_model_version(name, version).tags.get("rayline.promotion"), version
 
 
+ROUNDS = [[0.70, 0.95, 0.80, 0.90], [0.90, 0.80, 0.70, 0.95], [0.80, 0.70, 0.95, 0.90]]
+
+
+def race_and_check(client, tracking_uri: str, prefix: str, work: Path) -> dict[str, list[float]]:
+    """Three models of four versions each (:data:`ROUNDS`), every model's versions offered at once, then each model
+    checked (:func:`check`); returns the models' names with their versions' values."""
+    rounds = {f"{prefix}-{index}": values for index, values in enumerate(ROUNDS)}
+    for name, values in rounds.items():
+        register_versions(client, name, values)
+    decisions = race(tracking_uri, {name: offered(values) for name, values in rounds.items()}, work)
+    for name, values in rounds.items():
+        check(client, name, values, decisions[name])
+    return rounds
+
+
 def _offer(tracking_uri: str, work: Path, offers: list[str]) -> None:
     import rayline  # noqa: F401  (the environment it sets up)
     from rayline.tracking import promote_if_better

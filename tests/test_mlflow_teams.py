@@ -21,7 +21,7 @@ import pytest
 
 import rayline
 from conftest import PIPELINES, run_cli
-from promotion_race import check, offered, race, register_versions
+from promotion_race import race_and_check
 from rayline.cluster.embedded import RAY_POINTER, read_state
 from rayline.cluster.mlflow_server import PASSWORD_ENV, USERNAME_ENV, MlflowSettings
 from rayline.cluster.processes import free_port, session_members
@@ -33,7 +33,6 @@ HOST = "127.0.0.1"
 PG_USER = "rayline"
 DATABASE = "mlflow"
 ADMIN = "rayline-admin"
-RACES = [[0.70, 0.95, 0.80, 0.90], [0.90, 0.80, 0.70, 0.95], [0.80, 0.70, 0.95, 0.90]]
 
 
 @dataclass(frozen=True)
@@ -228,13 +227,8 @@ def test_concurrent_promotions_on_postgresql_leave_the_best_version_and_every_mo
 
     for variable, value in team.credentials.items():  # the racing processes inherit them
         monkeypatch.setenv(variable, value)
-    client = MlflowClient(team.tracking_uri)
-    rounds = {f"{unique}-{index}": values for index, values in enumerate(RACES)}
-    for name, values in rounds.items():
-        register_versions(client, name, values)
-    decisions = race(team.tracking_uri, {name: offered(values) for name, values in rounds.items()}, tmp_path)
-    for name, values in rounds.items():
-        check(client, name, values, decisions[name])
+    rounds = race_and_check(MlflowClient(team.tracking_uri), team.tracking_uri, unique, tmp_path)
+    for name, values in rounds.items():  # what PostgreSQL holds
         assert _champion(postgres, name) == [(values.index(max(values)) + 1,)]
 
 

@@ -7,20 +7,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import rayline
-from promotion_race import check, offered, race, register_versions
+from promotion_race import offered, race, race_and_check, register_versions
 from rayline.tracking import promote_if_better
-
-VALUES = [[0.70, 0.95, 0.80, 0.90], [0.90, 0.80, 0.70, 0.95], [0.80, 0.70, 0.95, 0.90]]
 
 
 def test_concurrent_promotions_leave_the_best_version_and_every_move(platform: rayline.Platform, mlflow_client,
                                                                     unique: str, tmp_path: Path) -> None:
-    rounds = {f"{unique}-{index}": values for index, values in enumerate(VALUES)}
-    for name, values in rounds.items():
-        register_versions(mlflow_client, name, values)
-    decisions = race(platform.tracking_uri, {name: offered(values) for name, values in rounds.items()}, tmp_path)
-    for name, values in rounds.items():
-        check(mlflow_client, name, values, decisions[name])
+    race_and_check(mlflow_client, platform.tracking_uri, unique, tmp_path)
 
 
 def test_rollback_after_concurrent_promotions_goes_to_the_holder_before(platform: rayline.Platform, mlflow_client,

@@ -7,14 +7,15 @@ from __future__ import annotations
 import json
 import os
 import socket
-import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 
 import psutil
 from mlflow import MlflowClient
 from mlflow.entities import Run
+
+from rayline.periodic import every
 
 DRIVER_TAG = "rayline.driver"
 HEARTBEAT_TAG = "rayline.heartbeat"
@@ -30,22 +31,11 @@ def driver_tags() -> dict[str, str]:
 
 @contextmanager
 def heartbeat(tracking_uri: str, run_id: str, every_s: float = HEARTBEAT_S) -> Iterator[None]:
-    """Refresh the run's heartbeat tag every ``every_s`` seconds from a daemon thread for the block (a tracking
-    server that does not answer misses a beat; nothing fails)."""
-    stop = threading.Event()
-
-    def beat() -> None:
-        client = MlflowClient(tracking_uri)
-        while not stop.wait(every_s):
-            with suppress(Exception):
-                client.set_tag(run_id, HEARTBEAT_TAG, f"{time.time():.0f}")
-
-    thread = threading.Thread(target=beat, name="rayline-heartbeat", daemon=True)
-    thread.start()
-    try:
+    """Refresh the run's heartbeat tag every ``every_s`` seconds for the block (a tracking server that does not
+    answer misses a beat; nothing fails)."""
+    client = MlflowClient(tracking_uri)
+    with every(every_s, lambda: client.set_tag(run_id, HEARTBEAT_TAG, f"{time.time():.0f}"), name="rayline-heartbeat"):
         yield
-    finally:
-        stop.set()
 
 
 def driver_alive(run: Run) -> bool:
