@@ -19,11 +19,11 @@ from ray.data.preprocessors import MinMaxScaler, Normalizer, OneHotEncoder, Stan
 from torch import nn
 
 from rayline.cluster.resources import check_placeable, how_many_fit, worker_bundle
-from rayline.data.state_codec import _encode, dump_preprocessor, load_preprocessor
+from rayline.data.state_codec import dump_preprocessor, load_preprocessor
 from rayline.data.validate import check_schema
 from rayline.errors import SpecError
 from rayline.models import CNN, MLP, build_model, resolve_factory
-from rayline.packaged.state_json import decode
+from rayline.packaged.state_json import decode, encode
 from rayline.spec import ModelSpec, PipelineSpec, ScalingSpec, load_spec, with_overrides
 from rayline.spec.loading import apply_overrides, parse_overrides
 
@@ -771,11 +771,11 @@ def test_codec_one_hot_int_vocabulary() -> None:
 
 def test_codec_tuple_and_dtype_values() -> None:
     value = {"t": (1, "a"), "d": np.dtype("float32"), "n": np.int64(5), (1, 2): [np.float32(0.5)]}
-    decoded = decode(json.loads(json.dumps(_encode(value))))
+    decoded = decode(json.loads(json.dumps(encode(value))))
     assert decoded == {"t": (1, "a"), "d": np.dtype("float32"), "n": 5, (1, 2): [0.5]}
     assert isinstance(decoded["t"], tuple)
     with pytest.raises(TypeError, match="cannot store"):
-        _encode({"x": object()})
+        encode({"x": object()})
 
 
 def test_codec_unknown_type_refused() -> None:

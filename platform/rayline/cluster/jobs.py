@@ -9,12 +9,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ray._private.ray_constants import get_runtime_env_default_excludes
-from ray._private.runtime_env.packaging import GCS_STORAGE_MAX_SIZE, create_package
 from ray.dashboard.modules.job.common import JobStatus
 from ray.exceptions import AuthenticationError
 from ray.job_submission import JobSubmissionClient
 
+from rayline import raycompat
 from rayline.errors import RaylineError
 
 # Besides Ray's own (.git, .venv, venv, __pycache__) and what .gitignore lists: an embedded platform's state,
@@ -57,12 +56,11 @@ def pack(working_dir: Path, into: Path, excludes: Sequence[str] = ()) -> Path:
     if not working_dir.is_dir():
         raise RaylineError(f"--working-dir {working_dir}: not a directory")
     package = into / "working_dir.zip"
-    create_package(str(working_dir), package, include_gitignore=True,
-                   excludes=[*get_runtime_env_default_excludes(), *EXCLUDES, *excludes])
-    size = package.stat().st_size
-    if size >= GCS_STORAGE_MAX_SIZE:
+    raycompat.pack_working_dir(working_dir, package, [*EXCLUDES, *excludes])
+    size, limit = package.stat().st_size, raycompat.upload_limit_bytes()
+    if size >= limit:
         raise RaylineError(f"--working-dir {working_dir}: packs to {size / _MIB:.1f} MiB, over Ray's upload limit of "
-                           f"{GCS_STORAGE_MAX_SIZE / _MIB:.0f} MiB; leave large files out (--exclude, .gitignore) "
+                           f"{limit / _MIB:.0f} MiB; leave large files out (--exclude, .gitignore) "
                            "and put data in shared storage")
     return package
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import psutil
 import ray
-from ray._private import ray_constants
 
+from rayline import raycompat
 from rayline.cluster import embedded
 from rayline.cluster.processes import is_loopback
 from rayline.errors import RaylineError
@@ -36,10 +36,8 @@ class Platform:
         """
         if not ray.is_initialized():
             if _listens_on_loopback_only(self.ray_address):
-                # Ray rewrites a loopback address to the machine's own (`services.resolve_ip_for_localhost`), where
-                # the embedded platform does not listen, unless single-machine mode is on: in the platform's
-                # processes `RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0` does that; this process read it at import.
-                ray_constants.ENABLE_RAY_CLUSTER = False
+                # the embedded platform listens on loopback only: Ray must not rewrite its address
+                raycompat.keep_loopback_addresses()
             ray.init(address=self.ray_address, logging_level="WARNING", log_to_driver=verbose)
         logging.getLogger("ray.data").setLevel(logging.INFO if verbose else logging.WARNING)
         # Its only warning says the progress bars are off, which is this method's choice: not news for the user.

@@ -3,11 +3,11 @@ how many of a footprint fit at once."""
 
 from __future__ import annotations
 
-import json
 import math
 
 import ray
 
+from rayline import raycompat
 from rayline.errors import SpecProblem, raise_problems
 from rayline.spec import ScalingSpec
 
@@ -24,16 +24,11 @@ def _autoscales() -> bool:
     """Whether an autoscaler with node types of its own runs for this cluster (``ray up``, ``ray start
     --autoscaling-config``): Ray's monitor reports the node types it sees, and without a config (a plain ``ray
     start``) its read-only provider names each node's type after the node itself."""
-    from ray._private.ray_constants import DEBUG_AUTOSCALING_STATUS
-    from ray.autoscaler._private.util import format_readonly_node_type
-    from ray.experimental.internal_kv import _internal_kv_get
-
-    status = _internal_kv_get(DEBUG_AUTOSCALING_STATUS)
-    report = json.loads(status).get("autoscaler_report") if status else None
+    report = raycompat.autoscaler_report()
     if not report:
         return False
     types = {*report.get("active_nodes", {}), *(report.get("idle_nodes") or {}), *report.get("pending_launches", {})}
-    return bool(types - {format_readonly_node_type(node["NodeID"]) for node in ray.nodes()})
+    return bool(types - {raycompat.readonly_node_type(node["NodeID"]) for node in ray.nodes()})
 
 
 def possible_nodes(most_workers: int) -> list[dict[str, float]] | None:
@@ -41,10 +36,8 @@ def possible_nodes(most_workers: int) -> list[dict[str, float]] | None:
     its node types (autoscaler v2, KubeRay), each type as many times as its maximum (``most_workers`` times when
     unbounded). None when an autoscaler runs without publishing them (Ray's v1 autoscaler, a cluster.yaml): what
     it may add is unknown here, as it is to Ray Train's own pre-placement check."""
-    from ray._private.state import state  # as Ray Train's own pre-placement check reads the autoscaler's config
-
     nodes = [node["Resources"] for node in ray.nodes() if node["Alive"]]
-    config = state.get_cluster_config()
+    config = raycompat.cluster_config()
     if config is not None and config.node_group_configs:
         for group in config.node_group_configs:
             count = most_workers if group.max_count < 0 else min(group.max_count, most_workers)
@@ -87,10 +80,8 @@ def check_placeable(scaling: ScalingSpec, nodes: list[dict[str, float]] | None =
 def capacity() -> dict[str, float]:
     """The most the cluster can hold at once: the autoscaler's maximum (every node type at its ``max_workers``)
     where the cluster has one, else the alive nodes' total resources."""
-    from ray._private.state import state  # as Ray Train's own pre-placement check reads the autoscaler's maximum
-
     totals = ray.cluster_resources()
-    most = state.get_max_resources_from_cluster_config() or {}
+    most = raycompat.max_cluster_resources()
     return {name: max(totals.get(name, 0.0), float(most.get(name, 0.0))) for name in {*totals, *most}}
 
 

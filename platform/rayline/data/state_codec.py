@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 from ray.data.preprocessor import Preprocessor, SerializablePreprocessorBase
 from ray.data.preprocessors import (
     Concatenator,
@@ -19,10 +18,10 @@ from ray.data.preprocessors import (
     SimpleImputer,
     StandardScaler,
 )
-from ray.data.preprocessors.utils import StatComputationPlan
 
+from rayline import raycompat
 from rayline.data.steps import DropColumns, HashBuckets
-from rayline.packaged.state_json import DTYPE, MARKERS, PAIRS, TUPLE, decode
+from rayline.packaged.state_json import decode, encode
 
 ALLOWED: dict[str, type[SerializablePreprocessorBase]] = {
     cls.get_preprocessor_class_id(): cls
@@ -33,34 +32,17 @@ ALLOWED: dict[str, type[SerializablePreprocessorBase]] = {
 }
 
 
-def _encode(value: Any) -> Any:
-    if isinstance(value, dict):
-        if all(isinstance(k, str) for k in value) and not MARKERS.intersection(value):
-            return {k: _encode(v) for k, v in value.items()}
-        return {PAIRS: [[_encode(k), _encode(v)] for k, v in value.items()]}
-    if isinstance(value, tuple):
-        return {TUPLE: [_encode(v) for v in value]}
-    if isinstance(value, list):
-        return [_encode(v) for v in value]
-    if isinstance(value, np.dtype) or (isinstance(value, type) and issubclass(value, np.generic)):
-        return {DTYPE: np.dtype(value).name}
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, str | int | float | bool) or value is None:
-        return value
-    raise TypeError(f"cannot store {type(value).__name__} in preprocessor state")
-
-
 def dump_preprocessor(preprocessor: SerializablePreprocessorBase) -> dict[str, Any]:
     """A fitted preprocessor as a JSON-able dict."""
     class_id = preprocessor.get_preprocessor_class_id()
     if class_id not in ALLOWED:
         raise TypeError(f"{type(preprocessor).__name__} is not a storable preprocessor")
+    fields, stats = raycompat.preprocessor_state(preprocessor)
     return {
         "type": class_id,
         "version": preprocessor.get_version(),
-        "fields": _encode(preprocessor._get_serializable_fields()),
-        "stats": _encode(preprocessor._get_stats()),
+        "fields": encode(fields),
+        "stats": encode(stats),
     }
 
 
@@ -69,8 +51,4 @@ def load_preprocessor(state: dict[str, Any]) -> Preprocessor:
     cls = ALLOWED.get(state["type"])
     if cls is None:
         raise ValueError(f"unknown preprocessor type {state['type']!r}")
-    preprocessor = cls.__new__(cls)
-    preprocessor._stat_computation_plan = StatComputationPlan()
-    preprocessor._set_serializable_fields(fields=decode(state["fields"]), version=state["version"])
-    preprocessor._set_stats(stats=decode(state["stats"]))
-    return preprocessor
+    return raycompat.restore_preprocessor(cls, decode(state["fields"]), decode(state["stats"]), state["version"])

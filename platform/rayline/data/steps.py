@@ -8,7 +8,6 @@ import numpy as np
 import pandas as pd
 from ray.data.preprocessor import Preprocessor, SerializablePreprocessorBase
 from ray.data.preprocessors import MinMaxScaler, OneHotEncoder, SimpleImputer, StandardScaler
-from ray.data.preprocessors.utils import StatComputationPlan
 from ray.data.preprocessors.version_support import SerializablePreprocessor
 
 from rayline.packaged.hashing import fingerprint, hash_bucket, key_for, secret_key
@@ -33,7 +32,6 @@ class DropColumns(SerializablePreprocessorBase):
 
     def _set_serializable_fields(self, fields: dict[str, Any], version: int) -> None:
         self._columns = fields["columns"]
-        self._stat_computation_plan = StatComputationPlan()
 
 
 @SerializablePreprocessor(version=2, identifier="io.rayline.preprocessors.hash_buckets")
@@ -74,7 +72,6 @@ class HashBuckets(SerializablePreprocessorBase):
         self._num_buckets = fields["num_buckets"]
         self._fingerprint = fields["key_fingerprint"]
         self._key = key_for(self._fingerprint) if self._fingerprint is not None else None
-        self._stat_computation_plan = StatComputationPlan()
 
 
 def build_step(step: PreprocessStep) -> Preprocessor:

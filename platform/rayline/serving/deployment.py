@@ -16,10 +16,10 @@ import pandas as pd
 import ray
 from ray import serve
 from ray.serve import Application, RunTarget
-from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
 from ray.serve.config import HTTPOptions
 from ray.serve.schema import ApplicationDetails, ApplicationStatus, ServeInstanceDetails
 
+from rayline import raycompat
 from rayline.cluster import Platform
 from rayline.cluster.processes import wait_until
 from rayline.errors import RaylineError, SpecError
@@ -102,7 +102,7 @@ def deploy(spec: ServiceSpec, platform: Platform) -> Endpoint:
     keys = load_keys(spec.auth)
     app = build_app(spec, platform.tracking_uri)
     serve.start(http_options={"host": spec.host, "port": spec.port, "request_timeout_s": spec.request_timeout_s})
-    controller = ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
+    controller = raycompat.serve_controller()
     _check_http_options(spec, ray.get(controller.get_http_config.remote()))
     serve.run_many([RunTarget(app, name=spec.name, route_prefix=spec.route_prefix)],
                    wait_for_applications_running=False)
@@ -156,7 +156,7 @@ def _wait_routed(spec: ServiceSpec) -> None:
 def _applications() -> dict[str, ApplicationDetails]:
     """Serve's applications with their status, reason and route prefix (none while Serve is not running)."""
     try:
-        controller = ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
+        controller = raycompat.serve_controller()
     except ValueError:
         return {}
     return ServeInstanceDetails(**ray.get(controller.get_serve_instance_details.remote())).applications
@@ -207,7 +207,7 @@ def shutdown(platform: Platform, name: str | None = None) -> None:
 
 def _controller_gone() -> bool:
     try:
-        ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
+        raycompat.serve_controller()
     except ValueError:
         return True
     return False
