@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from tritonclient.http import InferenceServerClient, InferInput, InferRequestedOutput, InferResult
 
-from rayline.inference.errors import InputError
+from rayline.serving.errors import InputError
 from rayline.serving.oip import InferCall, encode_infer_response, parse_infer_request
 
 pytestmark = pytest.mark.filterwarnings("error")  # a numpy overflow warning is a bug, not a refusal

@@ -1,18 +1,27 @@
-"""Client errors: every one becomes a 4xx JSON body ``{"error": ..., "detail": ...}``."""
+"""Rows a model cannot take, refused before they reach it. What a refusal becomes (an HTTP status, a failed
+batch job) is the caller's business: ``serving/errors.py`` maps these to 4xx responses."""
 
 from __future__ import annotations
 
 from typing import Any
 
 
-class InputError(Exception):
-    """A request the server refuses; the replica stays healthy."""
+class RowsRefused(Exception):
+    """Rows refused: ``error`` says why in a line, ``detail`` (JSON-able) what exactly."""
 
-    def __init__(self, status: int, error: str, detail: Any = None) -> None:
+    def __init__(self, error: str, detail: Any = None) -> None:
         super().__init__(error)
-        self.status = status
         self.error = error
         self.detail = detail
 
-    def body(self) -> dict[str, Any]:
-        return {"error": self.error, "detail": self.detail}
+
+class EmptyBatch(RowsRefused):
+    """No rows at all."""
+
+
+class TooManyRows(RowsRefused):
+    """More rows than the model takes at once."""
+
+
+class BadRows(RowsRefused):
+    """Wrong or duplicate columns, or values of the wrong type, infinite, or missing where nothing imputes them."""

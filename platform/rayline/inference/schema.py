@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 from pandas.api.types import is_bool_dtype, is_numeric_dtype
 
-from rayline.inference.errors import InputError
+from rayline.inference.errors import BadRows, EmptyBatch, TooManyRows
 
 NUMERIC_KINDS = {"double", "float", "long", "integer"}
 
@@ -42,11 +42,11 @@ class InputSchema:
         return np.array([c not in self.nullable for c in self.columns], dtype=bool)
 
     def check_count(self, rows: int) -> None:
-        """Refuse an empty batch (400) or one over ``max_rows`` (422)."""
+        """Refuse an empty batch, or one over ``max_rows``."""
         if rows == 0:
-            raise InputError(400, "empty batch: send at least one row")
+            raise EmptyBatch("empty batch: send at least one row")
         if rows > self.max_rows:
-            raise InputError(422, f"too many rows: {rows} > {self.max_rows}", {"rows": rows})
+            raise TooManyRows(f"too many rows: {rows} > {self.max_rows}", {"rows": rows})
 
     def check_block(self, block: np.ndarray) -> np.ndarray:
         """A float64 (rows, columns) block in signature order, checked for size, Inf and unimputed NaN."""
@@ -55,15 +55,15 @@ class InputSchema:
         return block
 
     def check(self, frame: pd.DataFrame) -> pd.DataFrame:
-        """Return a frame with exactly the signature's columns, numeric ones as float64; else raise 400/422."""
+        """Return a frame with exactly the signature's columns, numeric ones as float64; else raise a RowsRefused."""
         self.check_count(len(frame))
         if frame.columns.has_duplicates:
             duplicated = sorted({str(c) for c in frame.columns[frame.columns.duplicated()]})
-            raise InputError(422, "duplicate columns", {"duplicated": duplicated})
+            raise BadRows("duplicate columns", {"duplicated": duplicated})
         missing = [c for c in self.columns if c not in frame.columns]
         unknown = [str(c) for c in frame.columns if c not in self.columns]
         if missing or unknown:
-            raise InputError(422, "wrong columns", {"missing": missing, "unknown": unknown,
+            raise BadRows("wrong columns", {"missing": missing, "unknown": unknown,
                                                     "expected": self.names})
         dtypes = frame.dtypes.to_dict()
         typed = [c for c, kind in self.columns.items() if kind in NUMERIC_KINDS
@@ -83,33 +83,33 @@ class InputSchema:
         if np.isfinite(block).all():
             return
         for position in np.flatnonzero(np.isinf(block).any(axis=0))[:1]:
-            raise InputError(422, f"column {columns[position]!r} holds Inf", {"field": columns[position]})
+            raise BadRows(f"column {columns[position]!r} holds Inf", {"field": columns[position]})
         for position in np.flatnonzero(np.isnan(block).any(axis=0) & strict)[:1]:
             column = columns[position]
-            raise InputError(422, f"column {column!r} holds NaN or null, and the model does not impute it",
+            raise BadRows(f"column {column!r} holds NaN or null, and the model does not impute it",
                              {"field": column})
 
     def _column(self, values: pd.Series, column: str, kind: str) -> pd.Series:
         if kind in NUMERIC_KINDS:
             if values.map(lambda v: isinstance(v, bool | str | list | dict)).any():
-                raise InputError(422, f"column {column!r} must be numeric", {"field": column, "type": kind})
+                raise BadRows(f"column {column!r} must be numeric", {"field": column, "type": kind})
             try:
                 numbers = pd.to_numeric(values, errors="coerce").astype("float64")
             except OverflowError:  # an integer beyond float range
-                raise InputError(422, f"column {column!r} holds a number beyond float range",
+                raise BadRows(f"column {column!r} holds a number beyond float range",
                                  {"field": column, "type": kind}) from None
             bad = numbers.isna() & values.notna()
             if bad.any():
-                raise InputError(422, f"column {column!r} must be numeric", {"field": column, "type": kind})
+                raise BadRows(f"column {column!r} must be numeric", {"field": column, "type": kind})
             self._finite(numbers.to_numpy()[:, None], [column], np.array([column not in self.nullable]))
             return numbers
         if kind == "boolean":
             if values.map(lambda v: not _absent(v) and not isinstance(v, bool | np.bool_)).any():
-                raise InputError(422, f"column {column!r} must hold booleans", {"field": column, "type": kind})
+                raise BadRows(f"column {column!r} must hold booleans", {"field": column, "type": kind})
         elif values.map(lambda v: not _absent(v) and not isinstance(v, str)).any():
-            raise InputError(422, f"column {column!r} must hold strings", {"field": column, "type": kind})
+            raise BadRows(f"column {column!r} must hold strings", {"field": column, "type": kind})
         if values.isna().any() and column not in self.nullable:
-            raise InputError(422, f"column {column!r} holds null, and the model does not impute it",
+            raise BadRows(f"column {column!r} holds null, and the model does not impute it",
                              {"field": column})
         return values.astype(object)
 

@@ -21,10 +21,10 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from ray import serve
 
-from rayline.inference.errors import InputError
 from rayline.inference.loading import LoadedModel
 from rayline.packaged import Predictions
 from rayline.serving.auth import authorized
+from rayline.serving.errors import InputError
 from rayline.serving.metrics import EndpointMetrics
 from rayline.serving.model_watch import AliasWatcher
 from rayline.serving.oip import encode_infer_response, parse_infer_request

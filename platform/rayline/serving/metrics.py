@@ -8,7 +8,7 @@ from contextlib import contextmanager
 
 from ray.serve import metrics
 
-from rayline.inference.errors import InputError
+from rayline.serving.errors import InputError
 from rayline.serving.model_watch import SwapFailure
 from rayline.spec import ModelUri
 

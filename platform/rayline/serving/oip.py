@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from rayline.inference.errors import InputError
+from rayline.serving.errors import InputError
 
 # OIP datatype → dtype of a decoded tensor (binary numeric data are read in exactly these little-endian dtypes).
 DATATYPES: dict[str, np.dtype] = {name: np.dtype(code) for name, code in (

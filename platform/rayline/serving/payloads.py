@@ -5,28 +5,44 @@
   ``dataframe_split`` and ``dataframe_records`` (MLflow's ``/invocations``);
 - Open Inference Protocol v2 (KServe, Triton): one ``[N, F]`` tensor, or one tensor per input column.
 
-Every protocol ends in :class:`~rayline.inference.schema.InputSchema`'s checks. A body that is not a plain
-numeric table takes the frame path, whose checks name the offending column.
+Every protocol ends in :class:`~rayline.inference.schema.InputSchema`'s checks, whose refusals become 4xx
+responses here. A body that is not a plain numeric table takes the frame path, whose checks name the offending
+column.
 """
 
 from __future__ import annotations
 
 import json
-from functools import lru_cache
+from collections.abc import Callable
+from functools import lru_cache, wraps
 from operator import itemgetter
-from typing import Any
+from typing import Any, ParamSpec
 
 import numpy as np
 import pandas as pd
 
-from rayline.inference.errors import InputError
+from rayline.inference.errors import RowsRefused
 from rayline.inference.schema import InputSchema
+from rayline.serving.errors import InputError
 from rayline.serving.oip import Tensor
 
 SCORING_KEYS = ("instances", "inputs", "dataframe_split", "dataframe_records")
 NUMERIC_KINDS = "fiu"
 INT64_LIMIT = 2**63
 Rows = np.ndarray | pd.DataFrame
+P = ParamSpec("P")
+
+
+def _refusals_as_responses(parse: Callable[P, Rows]) -> Callable[P, Rows]:
+    """``parse``, whose schema refusals become the 4xx responses :data:`rayline.serving.errors.STATUS` says."""
+    @wraps(parse)
+    def parsed(*args: P.args, **kwargs: P.kwargs) -> Rows:
+        try:
+            return parse(*args, **kwargs)
+        except RowsRefused as refused:
+            raise InputError.of(refused) from None
+
+    return parsed
 
 
 def parse_json(body: bytes) -> Any:
@@ -43,6 +59,7 @@ def _json_int(text: str) -> int | float:
     return value if -INT64_LIMIT <= value < INT64_LIMIT else float(text)
 
 
+@_refusals_as_responses
 def rows_from_scoring(payload: Any, schema: InputSchema) -> Rows:
     """Checked rows from a v1 / MLflow scoring payload (exactly one of :data:`SCORING_KEYS`)."""
     if not isinstance(payload, dict):
@@ -59,6 +76,7 @@ def rows_from_scoring(payload: Any, schema: InputSchema) -> Rows:
     return _checked(schema.check(_frame(key, value, schema.names)), schema)
 
 
+@_refusals_as_responses
 def rows_from_tensors(tensors: list[Tensor], schema: InputSchema) -> Rows:
     """Checked rows from OIP v2 inputs: one ``[N, F]`` tensor (numeric models), or one tensor per column."""
     names = [tensor.name for tensor in tensors]
