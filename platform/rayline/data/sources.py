@@ -17,9 +17,9 @@ import pyarrow.parquet as pq
 import ray.data
 
 from rayline.errors import SpecError
-from rayline.spec import DataSpec
+from rayline.spec import BUNDLED_PREFIXES, SYNTHETIC_PREFIX, DataSpec
 
-BUNDLED = {
+BUNDLED = {  # each name starts with one of spec.BUNDLED_PREFIXES, which the spec's path resolution skips
     "sklearn:digits": "sklearn.datasets.load_digits",
     "sklearn:iris": "sklearn.datasets.load_iris",
     "sklearn:wine": "sklearn.datasets.load_wine",
@@ -71,9 +71,9 @@ def read_source(data: DataSpec, storage_uri: str) -> tuple[ray.data.Dataset, Sou
     source = data.source
     if source in BUNDLED:
         return _read_bundled(source)
-    if source.startswith("sklearn:") or source.startswith("palmerpenguins:"):
+    if source.startswith(BUNDLED_PREFIXES):
         raise SpecError(f"unknown bundled dataset {source!r}; bundled: {sorted(BUNDLED)}", field="data.source")
-    if source.startswith("synthetic://"):
+    if source.startswith(SYNTHETIC_PREFIX):
         return _read_synthetic(source, storage_uri)
     return read_files(source, data.format)
 

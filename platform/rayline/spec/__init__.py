@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rayline.errors import SpecError
-from rayline.spec.loading import Overrides, apply_overrides, parse_overrides, read_yaml, validate
+from rayline.spec.base import BUNDLED_PREFIXES, SYNTHETIC_PREFIX
+from rayline.spec.loading import Overrides, load, validate, with_overrides
 from rayline.spec.model_uri import ModelUri
 from rayline.spec.pipeline import (
     DataSpec,
@@ -20,16 +20,6 @@ from rayline.spec.pipeline import (
 from rayline.spec.service import ServiceSpec
 from rayline.spec.sweep import Domain, SweepSpec, check_metric, load_sweep_spec, resolve_sweep, trial_spec
 
-BUNDLED_PREFIXES = ("sklearn:", "palmerpenguins:", "synthetic://")
-
-
-def _overridden(document: dict, overrides: Overrides, file: str | None) -> dict:
-    try:
-        return apply_overrides(document, parse_overrides(overrides))
-    except SpecError as err:
-        err.file = err.file or file
-        raise
-
 
 def load_spec(path: str | Path, overrides: Overrides = None) -> PipelineSpec:
     """Load a pipeline spec from YAML, apply overrides (``{"train.epochs": 3}`` or ``["train.epochs=3"]``).
@@ -37,34 +27,17 @@ def load_spec(path: str | Path, overrides: Overrides = None) -> PipelineSpec:
     A relative ``data.source`` path is resolved against the spec file's directory.
     Raises :class:`rayline.errors.SpecError` naming the file and the field.
     """
-    file = str(path)
-    document = _overridden(read_yaml(path), overrides, file)
-    spec = validate(PipelineSpec, document, file=file)
-    source = spec.data.source
-    if "://" not in source and not source.startswith(BUNDLED_PREFIXES) and not Path(source).is_absolute():
-        spec.data.source = str((Path(path).parent / source).resolve())
-    spec._file = file
-    return spec
-
-
-def with_overrides(spec: PipelineSpec, overrides: Overrides) -> PipelineSpec:
-    """A copy of a loaded spec with ``overrides`` applied and validated again (same file for errors)."""
-    if not overrides:
-        return spec
-    document = _overridden(spec.model_dump(mode="json"), overrides, spec.file)
-    updated = validate(PipelineSpec, document, file=spec.file)
-    updated._file = spec.file
-    return updated
+    return load(PipelineSpec, path, overrides)
 
 
 def load_service_spec(path: str | Path, overrides: Overrides = None) -> ServiceSpec:
     """Load a service spec from YAML with overrides; errors name the file and the field."""
-    document = _overridden(read_yaml(path), overrides, str(path))
-    return validate(ServiceSpec, document, file=str(path))
+    return load(ServiceSpec, path, overrides)
 
 
 __all__ = [
     "BUNDLED_PREFIXES",
+    "SYNTHETIC_PREFIX",
     "DataSpec",
     "Domain",
     "MeshSpec",

@@ -14,8 +14,10 @@ from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
 from rayline.errors import SpecError, SpecProblem
+from rayline.spec.base import SpecFile
 
 SpecT = TypeVar("SpecT", bound=BaseModel)
+FileT = TypeVar("FileT", bound=SpecFile)
 
 Overrides = Mapping[str, Any] | Iterable[str] | None
 
@@ -84,6 +86,33 @@ class _UniqueKeyLoader(yaml.SafeLoader):
                 raise _DuplicateKey(f"duplicate key {key!r} on lines {seen[key]} and {line}")
             seen[key] = line
         return super().construct_mapping(node, deep=deep)
+
+
+def load(model: type[FileT], path: str | Path, overrides: Overrides = None) -> FileT:
+    """Load a spec of ``model`` from a YAML file with overrides (``{"train.epochs": 3}`` or ``["train.epochs=3"]``);
+    its relative paths are resolved against the file's directory. Raises :class:`SpecError` naming the file and the
+    field of every problem."""
+    file = str(path)
+    document = _overridden(read_yaml(path), overrides, file)
+    return validate(model, document, file=file).located(file)
+
+
+def with_overrides(spec: FileT, overrides: Overrides) -> FileT:
+    """A copy of a loaded spec with ``overrides`` applied and validated again (errors name the same file)."""
+    if not overrides:
+        return spec
+    document = _overridden(spec.model_dump(mode="json"), overrides, spec.file)
+    updated = validate(type(spec), document, file=spec.file)
+    updated._file = spec.file
+    return updated
+
+
+def _overridden(document: dict[str, Any], overrides: Overrides, file: str | None) -> dict[str, Any]:
+    try:
+        return apply_overrides(document, parse_overrides(overrides))
+    except SpecError as err:
+        err.file = err.file or file
+        raise
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:

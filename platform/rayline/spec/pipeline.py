@@ -4,26 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    ConfigDict,
-    Field,
-    PositiveInt,
-    PrivateAttr,
-    ValidationInfo,
-    field_validator,
-    model_validator,
-)
+from pydantic import AfterValidator, Field, PositiveInt, ValidationInfo, field_validator, model_validator
 
 from rayline.errors import SpecError
+from rayline.spec.base import SpecFile, Strict
 from rayline.spec.model_uri import check_part
-
-
-class Strict(BaseModel):
-    """Base for every spec section: unknown keys are refused."""
-
-    model_config = ConfigDict(extra="forbid")
 
 
 class SplitSpec(Strict):
@@ -283,16 +268,16 @@ class TrackingSpec(Strict):
     cost: CostSpec = CostSpec()
 
 
-class PipelineSpec(Strict):
+class PipelineSpec(SpecFile):
     """A whole pipeline: data → preprocess → model → train → tracking."""
 
+    RELATIVE_PATHS = ("data.source",)
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     data: DataSpec
     preprocess: list[PreprocessStep] = Field(default_factory=list)
     model: ModelSpec
     train: TrainSpec
     tracking: TrackingSpec
-    _file: str | None = PrivateAttr(None)
 
     @model_validator(mode="after")
     def _known_promotion_metric(self) -> PipelineSpec:
@@ -316,11 +301,6 @@ class PipelineSpec(Strict):
             raise SpecError(f"model.params.num_experts ({experts}) must be a multiple of the mesh's expert "
                             f"dimension ({split})", field="train.mesh.expert")
         return self
-
-    @property
-    def file(self) -> str | None:
-        """The YAML file this spec was loaded from, if any."""
-        return self._file
 
     @property
     def promotion(self) -> tuple[str, Literal["max", "min"]]:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pydantic import Field, model_validator
 
 from rayline.errors import SpecError
+from rayline.spec.base import SpecFile, Strict
 from rayline.spec.model_uri import RegistryUri
-from rayline.spec.pipeline import Strict
 
 
 class AutoscalingSpec(Strict):
@@ -55,7 +55,7 @@ class CanarySpec(Strict):
     traffic_percent: float = Field(10.0, gt=0.0, lt=100.0, description="share of requests it answers")
 
 
-class ServiceSpec(Strict):
+class ServiceSpec(SpecFile):
     """A model endpoint: which model, how it scales, batches, admits and authenticates requests."""
 
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")

@@ -11,11 +11,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
-from pydantic import Field, PrivateAttr, model_validator
+from pydantic import Field, model_validator
 
 from rayline.errors import SpecError, SpecProblem
-from rayline.spec.loading import Overrides, apply_overrides, parse_overrides, read_yaml, validate
-from rayline.spec.pipeline import PipelineSpec, Strict
+from rayline.spec.base import SpecFile, Strict
+from rayline.spec.loading import Overrides, apply_overrides, load, validate, with_overrides
+from rayline.spec.pipeline import PipelineSpec
 
 DomainKind = Literal["uniform", "loguniform", "quniform", "qloguniform", "randint", "choice", "grid"]
 KINDS: tuple[str, ...] = get_args(DomainKind)
@@ -146,13 +147,15 @@ class PbtScheduler(Strict):
 
 Scheduler = Annotated[FifoScheduler | AshaScheduler | PbtScheduler, Field(discriminator="type")]
 
-class SweepSpec(Strict):
+class SweepSpec(SpecFile):
     """A sweep: trials of one pipeline spec, each with values drawn from the search space.
 
     The search algorithm is Ray Tune's random/grid one (``BasicVariantGenerator``): ``grid`` domains are
     enumerated, the others sampled, ``num_samples`` times over the grid. Optuna and other searchers are not
     included (they need packages the platform does not install).
     """
+
+    RELATIVE_PATHS = ("pipeline",)
 
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     pipeline: str = Field(min_length=1, description="the pipeline spec; a relative path is from the sweep file's "
@@ -170,7 +173,6 @@ class SweepSpec(Strict):
     seed: int | None = Field(None, description="seeds the sampling: the same seed draws the same configurations")
     time_budget_s: float | None = Field(None, gt=0, description="the sweep stops every trial after this")
     max_concurrent_trials: int | None = Field(None, ge=1, description="default: what the cluster can hold")
-    _file: str | None = PrivateAttr(None)
 
     @model_validator(mode="after")
     def _consistent(self) -> SweepSpec:
@@ -197,11 +199,6 @@ class SweepSpec(Strict):
                 raise SpecError(f"pbt can only resample {', '.join(PBT_MUTABLE)}: a perturbed trial goes on from "
                                 f"another's checkpoint, which {path!r} would not fit", field=field)
         return chosen
-
-    @property
-    def file(self) -> str | None:
-        """The YAML file this spec was loaded from, if any."""
-        return self._file
 
     @property
     def num_trials(self) -> int:
@@ -291,11 +288,9 @@ def resolve_sweep(sweep: SweepSpec) -> tuple[dict[str, Any], PipelineSpec]:
     field); overrides it refuses (``overrides.<path>``); search-space paths that are not its fields or values it
     refuses (``search_space.<path>``); a metric no trial reports; a scheduler that does not fit ``train.epochs``.
     """
-    from rayline.spec import load_spec, with_overrides  # here: rayline.spec imports this module
-
     if not Path(sweep.pipeline).is_file():
         raise SpecError(f"pipeline spec {sweep.pipeline} not found", field="pipeline", file=sweep.file)
-    pipeline = load_spec(sweep.pipeline)
+    pipeline = load(PipelineSpec, sweep.pipeline)
     try:
         base = with_overrides(pipeline, sweep.overrides)
     except SpecError as err:
@@ -314,21 +309,12 @@ def resolve_sweep(sweep: SweepSpec) -> tuple[dict[str, Any], PipelineSpec]:
 
 
 def load_sweep_spec(path: str | Path, overrides: Overrides = None) -> SweepSpec:
-    """Load a sweep spec from YAML, apply overrides (``{"num_samples": 4}`` or ``["num_samples=4"]``) and check
-    it against its pipeline spec (:func:`resolve_sweep`), so that bad input is refused before any trial starts.
+    """Load a sweep spec from YAML with overrides (``{"num_samples": 4}`` or ``["num_samples=4"]``) and check it
+    against its pipeline spec (:func:`resolve_sweep`), so that bad input is refused before any trial starts.
 
     A relative ``pipeline`` path is resolved against the sweep file's directory.
     Raises :class:`rayline.errors.SpecError` naming the file and the field.
     """
-    file = str(path)
-    try:
-        document = apply_overrides(read_yaml(path), parse_overrides(overrides))
-    except SpecError as err:
-        err.file = err.file or file
-        raise
-    spec = validate(SweepSpec, document, file=file)
-    if not Path(spec.pipeline).is_absolute():
-        spec.pipeline = str((Path(path).parent / spec.pipeline).resolve())
-    spec._file = file
+    spec = load(SweepSpec, path, overrides)
     resolve_sweep(spec)
     return spec
