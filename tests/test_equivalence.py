@@ -19,7 +19,7 @@ from torch.distributed.device_mesh import init_device_mesh
 from rayline.cluster.processes import free_port
 from rayline.models import build_model
 from rayline.spec import ModelSpec
-from rayline.train.strategy import shard_parameter_owners
+from rayline.train.strategies.base import shard_parameter_owners
 
 FEATURES, CLASSES, HALF_BATCH, STEPS = 12, 4, 16, 6
 MODEL = ModelSpec(name="mlp", params={"hidden": [32, 16]})  # no dropout: every way computes the same thing

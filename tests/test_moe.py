@@ -16,9 +16,9 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_
 from rayline.cluster.processes import free_port
 from rayline.data.sources import SYNTHETIC_DEFAULTS, mixture
 from rayline.models.moe import MoELayer, MoEMLP
-from rayline.train.expert_parallel import expert_data_mesh, shard_model
 from rayline.train.routing import RoutingMeter
 from rayline.train.sharded_checkpoint import load_sharded, read_full_weights, save_sharded
+from rayline.train.strategies.expert_parallel import expert_data_mesh, shard_model
 
 FEATURES, CLASSES = 10, 3
 PARAMS = {"dim": 16, "hidden": 32, "num_experts": 4, "top_k": 2, "capacity_factor": 1.0, "aux_loss_weight": 0.01}

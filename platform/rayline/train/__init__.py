@@ -3,7 +3,7 @@
 from rayline.train.checkpoint import read_weights
 from rayline.train.fit import TrainingDiverged, TrainingFailed, TrainOutcome, fit
 from rayline.train.loop import LoopConfig, train_loop
-from rayline.train.strategy import Strategy, get_strategy
+from rayline.train.strategies import Strategy, get_strategy
 
 __all__ = ["LoopConfig", "Strategy", "TrainOutcome", "TrainingDiverged", "TrainingFailed", "fit", "get_strategy",
            "read_weights", "train_loop"]

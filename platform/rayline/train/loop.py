@@ -23,7 +23,7 @@ from rayline.train.batches import WorkerBatches
 from rayline.train.checkpoint import report_with_checkpoint
 from rayline.train.precision import Stepper
 from rayline.train.routing import RoutingMeter
-from rayline.train.strategy import get_strategy
+from rayline.train.strategies import get_strategy
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""Expert parallelism combined with sharded data parallelism, on a 2-D device mesh ``(expert, data)``.
+"""``expert_parallel``: a Mixture-of-Experts model's experts split across the workers, combined with sharded data
+parallelism, on the 2-D device mesh ``(expert, data)`` of ``train.mesh``.
 
 Each Mixture-of-Experts layer's experts are split over the ``expert`` dimension (a DTensor sharded on the expert
 index: a worker holds ``num_experts / expert`` of them, and tokens reach them by ``all_to_all``) and sharded
@@ -12,13 +13,16 @@ from __future__ import annotations
 
 import logging
 
+import ray.train.torch
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import Shard, distribute_tensor
 
 from rayline.models.moe import moe_layers
-from rayline.train.strategy import shard_parameter_owners
+from rayline.spec import MeshSpec, TrainSpec
+from rayline.train.strategies.base import shard_parameter_owners
+from rayline.train.strategies.fsdp import FullyShardedDataParallel
 
 MESH_DIMS = ("expert", "data")
 # Gathering an expert weight for a full checkpoint takes two all-gathers (over data, then expert), and DTensor
@@ -48,3 +52,21 @@ def shard_model(model: nn.Module, mesh: DeviceMesh) -> nn.Module:
         experts.add(layer.experts)
     return shard_parameter_owners(model, mesh, skip=experts)
 
+
+
+class ExpertParallel(FullyShardedDataParallel):
+    """Experts split over ``expert`` (tokens reach them by ``all_to_all``), everything sharded by FSDP2 over
+    ``data``. Checkpoints are sharded, as FSDP's are."""
+
+    name = "expert_parallel"
+
+    def __init__(self, mesh: MeshSpec) -> None:
+        self.mesh = mesh
+
+    @classmethod
+    def from_spec(cls, spec: TrainSpec) -> ExpertParallel:
+        return cls(spec.device_mesh)
+
+    def wrap(self, model: nn.Module) -> nn.Module:
+        device = ray.train.torch.get_device()
+        return shard_model(model.to(device), expert_data_mesh(device.type, self.mesh.expert, self.mesh.data))
