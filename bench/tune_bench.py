@@ -93,7 +93,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|")
     for name, run in (("FIFO", fifo), ("ASHA", asha)):
         reached = next((i + 1 for i, (_, value) in enumerate(run["epochs"]) if value >= target), None)
-        best = run["result"].best["metrics"].get("test_accuracy", float("nan"))
+        best = run["result"].best.metrics.get("test_accuracy", float("nan"))
         print(f"| {name} | {len(run['epochs'])} | {run['result'].wall_s:.0f} | {best:.4f} | "
               f"{reached if reached is not None else 'never'} | {run['cpu']:.0f} | {run['startup_s']:.1f} | "
               f"{run['overhead_s']:.2f} |")

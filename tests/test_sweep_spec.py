@@ -310,7 +310,7 @@ def test_pbt_leaves_a_trials_last_epoch_alone() -> None:
     restart from another trial's final checkpoint with no epoch left to train)."""
     from ray.tune.schedulers import TrialScheduler
 
-    from rayline.tune.runner import PbtOverTrainJobs
+    from rayline.tune.schedulers import PbtOverTrainJobs
 
     pbt = PbtOverTrainJobs(4, 3, 3, time_attr="training_iteration", perturbation_interval=2, metric="val_accuracy",
                         mode="max", hyperparam_mutations={"train.lr": [0.1, 0.01]})

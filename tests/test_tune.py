@@ -73,10 +73,10 @@ def test_nested_runs_and_the_best_model(sweep: tuple[rayline.SweepResult, str], 
     assert sorted(float(run.data.params["train.lr"]) for run in children) == sorted(LEARNING_RATES)
     assert all(run.data.metrics.get("train_loss") is not None for run in children)
     best = result.best
-    assert best["config"]["train.lr"] in (0.01, 0.003)
-    version = best["model_uri"].rsplit("/", 1)[1]
-    assert mlflow_client.get_model_version(name, version).run_id == best["run_id"]
-    assert best["promotion"].promoted  # the first version of a new model takes the alias
+    assert best.config["train.lr"] in (0.01, 0.003)
+    version = best.model_uri.rsplit("/", 1)[1]
+    assert mlflow_client.get_model_version(name, version).run_id == best.run_id
+    assert best.promotion.promoted  # the first version of a new model takes the alias
     parent = mlflow_client.get_run(result.parent_run_id)
     assert parent.info.status == "FINISHED"
     assert {"trials.csv", "trials.png"} <= {a.path for a in mlflow_client.list_artifacts(result.parent_run_id)}
@@ -118,7 +118,7 @@ def test_a_trial_whose_loss_goes_nan_is_stopped_and_marked(platform: rayline.Pla
     assert runs[1].info.status == "KILLED" and runs[1].data.tags["rayline.stopped"] == "train_loss is not finite"
     assert "test_accuracy" not in runs[1].data.metrics  # stopped before its test evaluation
     assert runs[99].info.status == "FINISHED"  # the other trial went on unharmed, and is the one published
-    assert result.best["config"] == {"model.params.nan_from_epoch": 99}
+    assert result.best.config == {"model.params.nan_from_epoch": 99}
 
 
 def test_the_best_trial_that_finished_is_published_and_the_skipped_ones_are_listed(
@@ -131,12 +131,12 @@ def test_the_best_trial_that_finished_is_published_and_the_skipped_ones_are_list
                        overrides={"train.max_failures": 0}, metric="val_accuracy", mode="max")
     result = rayline.tune(spec, ray_address=platform.ray_address, tracking_uri=platform.tracking_uri,
                           storage_uri=platform.storage_uri)
-    assert result.best["config"] == {"model.params.fail_at_test": 0}
+    assert result.best.config == {"model.params.fail_at_test": 0}
     runs = {run.data.params["model.params.fail_at_test"]: run for run in mlflow_client.search_runs(
         [mlflow_client.get_experiment_by_name(name).experiment_id], "tags.`rayline.trial` != ''")}
     failing, finishing = runs["1"], runs["0"]
     assert failing.data.metrics["val_accuracy"] > finishing.data.metrics["val_accuracy"]
-    assert result.best["run_id"] == finishing.info.run_id
+    assert result.best.run_id == finishing.info.run_id
     assert result.skipped == {failing.info.run_name: "errored before its test evaluation"}, result.skipped
     assert mlflow_client.get_model_version(name, "1").run_id == finishing.info.run_id
     parent = mlflow_client.get_run(result.parent_run_id)

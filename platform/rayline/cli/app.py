@@ -114,9 +114,9 @@ def tune_command(
     typer.echo("")
     typer.echo(result.trials[shown].to_string(index=False))
     best = result.best
-    typer.secho(f"\nsweep finished in {result.wall_s:.1f} s; best {best['config']}", bold=True)
-    typer.echo(f"  model          {best['model_uri']}")
-    typer.echo(f"  promotion      {'PROMOTED' if best['promotion'].promoted else 'kept'}: {best['promotion'].reason}")
+    typer.secho(f"\nsweep finished in {result.wall_s:.1f} s; best {best.config}", bold=True)
+    typer.echo(f"  model          {best.model_uri}")
+    typer.echo(f"  promotion      {'PROMOTED' if best.promotion.promoted else 'kept'}: {best.promotion.reason}")
     for name, why in result.skipped.items():
         typer.echo(f"  skipped        {name} (ranked higher): {why}")
 

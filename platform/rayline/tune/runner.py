@@ -1,10 +1,10 @@
 """A sweep: Ray Tune over the one training path. Data is prepared once and shared by every trial; each trial is a
-multi-worker Train job with a nested MLflow run; the best trial's model is published as a pipeline's is."""
+multi-worker Train job with a nested MLflow run (``tracking/sweeps.py``); the best trial's model is published as a
+pipeline's is."""
 
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import os
 import time
@@ -12,13 +12,10 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-import mlflow
 import pandas as pd
-from mlflow import MlflowClient
 from mlflow.entities import Run
 from ray import tune
 from ray.train import Checkpoint
-from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining, TrialScheduler
 from ray.tune.search.basic_variant import BasicVariantGenerator
 
 from rayline import tracking
@@ -29,10 +26,12 @@ from rayline.errors import RaylineError, SpecError
 from rayline.pipeline import Progress
 from rayline.pipeline.publish import package, register
 from rayline.spec import PipelineSpec, SweepSpec, resolve_sweep, trial_spec
-from rayline.spec.sweep import AshaScheduler, PbtScheduler
+from rayline.spec.sweep import PbtScheduler
+from rayline.tracking.sweeps import STOPPED_TAG, TRIAL_TAG, SweepRuns
 from rayline.train import fit
-from rayline.tune.report import log_trials
-from rayline.tune.reporting import CHECKPOINT_PATH, report_to_tune
+from rayline.tune.schedulers import NonFiniteLoss, scheduler_for
+from rayline.tune.train_reports import CHECKPOINT_PATH, report_to_tune
+from rayline.tune.trials_table import log_trials
 
 DATA_CPU = 1.0  # kept free for Ray Data's read tasks when the trials stream their splits
 TRIAL_CPU = 0.1  # the trial's own actor, which drives its Train job (Tune refuses an empty bundle)
@@ -41,14 +40,19 @@ TRIAL_CPU = 0.1  # the trial's own actor, which drives its Train job (Tune refus
 # them all: a weaker trial copies the checkpoint PBT chose at a perturbation, which later ones would have deleted.
 TUNE_CHECKPOINTS = 2
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-TRIAL_TAG = "rayline.trial"
-SWEEP_TAG = "rayline.sweep"
-STOPPED_TAG = "rayline.stopped"
-SKIPPED_TAG = "rayline.skipped_trials"  # on the parent run: better-ranked trials that could not be published
-CONFIG_TAG = "rayline.config"  # the config a restarted trial runs (PBT mutates it; params keep the first)
-STARTED_FROM_TAG = "rayline.started_from"  # the Tune checkpoint a restarted trial started from
-PATH_TAG = "rayline.tune_path"  # where Ray Tune keeps the sweep's state, for --resume
 SHARED_PREFIXES = ("data.", "preprocess")  # prepared once per sweep: not tunable
+
+
+@dataclass(frozen=True)
+class BestTrial:
+    """The trial a sweep published: its sampled config, its nested run's metrics and id, the registered model and
+    the promotion gate's decision."""
+
+    config: dict[str, Any]
+    metrics: dict[str, float]
+    run_id: str
+    model_uri: str
+    promotion: tracking.PromotionDecision
 
 
 @dataclass
@@ -57,14 +61,14 @@ class SweepResult:
     published from it, and the trials ranked above it that could not be published."""
 
     trials: pd.DataFrame
-    best: dict[str, Any]  # config, metrics, run_id, model_uri, promotion
+    best: BestTrial
     parent_run_id: str
     wall_s: float
     skipped: dict[str, str] = field(default_factory=dict)  # better-ranked trials not published: run name → why
 
 
 def trial(config: dict[str, Any], document: dict[str, Any], prepared: PreparedData, storage_uri: str,
-          tracking_uri: str, experiment_id: str, parent_run_id: str) -> None:
+          runs: SweepRuns) -> None:
     """One trial, in its Tune actor: the pipeline spec with ``config`` applied, trained on the shared data, with a
     nested MLflow run holding its params, per-epoch metrics, test metrics and status.
 
@@ -75,82 +79,18 @@ def trial(config: dict[str, Any], document: dict[str, Any], prepared: PreparedDa
     context = tune.get_context()
     name = context.get_trial_name()
     start = tune.get_checkpoint()
-    run_id = _nested_run(tracking_uri, experiment_id, parent_run_id, context.get_trial_id(), name, config, start)
+    run_id = runs.trial_run(context.get_trial_id(), name, config, start.path if start else None)
     run_name = f"{spec.name}-{name}" + (f"-from-{hashlib.sha256(start.path.encode()).hexdigest()[:8]}"
                                           if start else "")
-    client = MlflowClient(tracking_uri)
     try:
         outcome = report_to_tune(lambda callback: fit(
-            spec, prepared, storage_uri, run_name=run_name, tracking_uri=tracking_uri, run_id=run_id,
+            spec, prepared, storage_uri, run_name=run_name, tracking_uri=runs.tracking_uri, run_id=run_id,
             callbacks=[callback], start_from=start))
     except BaseException:
-        client.set_terminated(run_id, "FAILED")
+        runs.end_trial(run_id, "FAILED")
         raise
-    tracking.log_metrics(tracking_uri, run_id, {**outcome.test_metrics, **outcome.resume_metrics})
-    client.set_terminated(run_id, "FINISHED")
-
-
-def _nested_run(tracking_uri: str, experiment_id: str, parent_run_id: str, trial_id: str, name: str,
-                config: dict[str, Any], start: Checkpoint | None) -> str:
-    """The trial's nested run: created with its sampled params, or, when the trial starts again (PBT, a resumed
-    sweep), the same run, with the config it now runs and the checkpoint it starts from as tags."""
-    client = MlflowClient(tracking_uri)
-    tags = {"mlflow.parentRunId": parent_run_id, TRIAL_TAG: trial_id}
-    earlier = client.search_runs([experiment_id], " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items()))
-    if not earlier:
-        run_id = client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
-        tracking.log_params(tracking_uri, run_id, {path: str(value) for path, value in config.items()})
-        return run_id
-    run_id = earlier[0].info.run_id
-    client.update_run(run_id, status="RUNNING")
-    client.set_tag(run_id, CONFIG_TAG, json.dumps(config, sort_keys=True, default=str))  # any other value as text
-    if start is not None:
-        client.set_tag(run_id, STARTED_FROM_TAG, start.path)
-    return run_id
-
-
-class NonFiniteLoss(tune.Stopper):
-    """Stop a trial whose training loss is NaN or infinite: it cannot recover, and must not hold workers."""
-
-    def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
-        return not math.isfinite(result.get("train_loss", 0.0))
-
-    def stop_all(self) -> bool:
-        return False
-
-
-def _scheduler(sweep: SweepSpec, epochs: int, concurrency: int) -> Any:
-    match sweep.scheduler:
-        case AshaScheduler(grace_period=grace, reduction_factor=factor):
-            # max_t one past the last epoch: a trial that reaches it runs its test evaluation instead of being
-            # stopped at the budget (ASHA stops trials at max_t), and its rungs still end at the last epoch.
-            return ASHAScheduler(time_attr="training_iteration", max_t=epochs + 1, grace_period=grace,
-                                 reduction_factor=factor)
-        case PbtScheduler(perturbation_interval=interval, hyperparam_mutations=paths):
-            return PbtOverTrainJobs(
-                epochs, concurrency, sweep.num_trials, time_attr="training_iteration", perturbation_interval=interval,
-                hyperparam_mutations={path: sweep.search_space[path].to_tune() for path in paths or []})
-    return FIFOScheduler()
-
-
-class PbtOverTrainJobs(PopulationBasedTraining):
-    """Ray's PBT, for trials whose every restart starts a Train job (about 20 s on 2 cores).
-
-    A trial's last epoch is left alone: it goes on to its test evaluation, instead of being replaced by another
-    trial's checkpoint with no epoch left to train. And when every trial of the sweep has a slot, a trial at a
-    perturbation is not paused to let a pending one catch up (Ray's PBT pauses whenever another trial is pending
-    or paused, as one being restarted by an exploit is): the pending one starts anyway."""
-
-    def __init__(self, epochs: int, concurrency: int, num_trials: int, **options: Any) -> None:
-        super().__init__(**options)
-        self._epochs = epochs
-        self._multiplexed = num_trials > concurrency
-
-    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict[str, Any]) -> str:
-        if result.get(self._time_attr, 0) >= self._epochs:
-            return TrialScheduler.CONTINUE
-        decision = super().on_trial_result(tune_controller, trial, result)
-        return TrialScheduler.CONTINUE if decision == TrialScheduler.PAUSE and not self._multiplexed else decision
+    tracking.log_metrics(runs.tracking_uri, run_id, {**outcome.test_metrics, **outcome.resume_metrics})
+    runs.end_trial(run_id, "FINISHED")
 
 
 def _largest_trial(sweep: SweepSpec, base: PipelineSpec, document: dict[str, Any]) -> PipelineSpec:
@@ -197,26 +137,23 @@ def run_sweep(sweep: SweepSpec, platform: Platform, progress: Progress | None = 
     concurrency = _concurrency(sweep, largest, prepared)
     progress("tune", f"{sweep.num_trials} trial(s), at most {concurrency} at once")
     uri = platform.tracking_uri
-    mlflow.set_tracking_uri(uri)
     if resume:
-        parent, path = _interrupted(uri, base.tracking.experiment, sweep)
+        runs, path = _interrupted(uri, base.tracking.experiment, sweep)
     else:
-        # the run is created with its Tune path: a driver killed at any point leaves a run that --resume finds
         path = f"{platform.storage_uri.rstrip('/')}/tune/{sweep.name}-{uuid.uuid4().hex[:12]}"
-        parent = tracking.start_run(uri, base.tracking.experiment, f"{sweep.name}-{time.strftime('%Y%m%d-%H%M%S')}",
-                                    {SWEEP_TAG: sweep.name, PATH_TAG: path})
-    experiment_id = mlflow.get_run(parent).info.experiment_id
+        runs = SweepRuns.start(uri, base.tracking.experiment, sweep.name,
+                               f"{sweep.name}-{time.strftime('%Y%m%d-%H%M%S')}", path)
     metric, mode = sweep.objective
     keep = None if isinstance(sweep.scheduler, PbtScheduler) else TUNE_CHECKPOINTS
     try:
         trainable = tune.with_resources(tune.with_parameters(
-            trial, document=document, prepared=prepared, storage_uri=platform.storage_uri, tracking_uri=uri,
-            experiment_id=experiment_id, parent_run_id=parent), {"cpu": TRIAL_CPU})
+            trial, document=document, prepared=prepared, storage_uri=platform.storage_uri, runs=runs),
+            {"cpu": TRIAL_CPU})
         if resume:
             progress("tune", f"resuming {path}: finished trials are kept")
             tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True)
         else:
-            tracking.log_params(uri, parent, tracking.flatten(sweep.model_dump(mode="json")))
+            tracking.log_params(uri, runs.parent_run_id, tracking.flatten(sweep.model_dump(mode="json")))
             tuner = tune.Tuner(
                 trainable,
                 param_space={path: domain.to_tune() for path, domain in sweep.search_space.items()},
@@ -224,7 +161,7 @@ def run_sweep(sweep: SweepSpec, platform: Platform, progress: Progress | None = 
                 tune_config=tune.TuneConfig(metric=metric, mode=mode, num_samples=sweep.num_samples,
                                             search_alg=BasicVariantGenerator(random_state=sweep.seed,
                                                                              max_concurrent=concurrency),
-                                            scheduler=_scheduler(sweep, base.train.epochs, concurrency),
+                                            scheduler=scheduler_for(sweep, base.train.epochs, concurrency),
                                             time_budget_s=sweep.time_budget_s),
                 run_config=tune.RunConfig(name=path.rsplit("/", 1)[1], storage_path=path.rsplit("/", 1)[0],
                                           stop=NonFiniteLoss(), verbose=0,
@@ -235,47 +172,27 @@ def run_sweep(sweep: SweepSpec, platform: Platform, progress: Progress | None = 
         nonfinite = {result.metrics["trial_id"] for result in grid
                      if result.metrics and not math.isfinite(result.metrics.get("train_loss", 0.0))}
         errored = {result.metrics["trial_id"] for result in grid if result.error and result.metrics}
-        children = _close_stopped_trials(uri, experiment_id, parent, nonfinite, errored)
+        children = runs.close_stopped(nonfinite, errored)
         best, skipped = _publish_best(grid, sweep, document, prepared, uri, children, progress)
-        if skipped:
-            tracking.set_tags(uri, parent, {SKIPPED_TAG: "; ".join(f"{n}: {why}" for n, why in skipped.items())})
-        log_trials(uri, parent, children, trials, metric)
-        tracking.end_run(uri, parent)
+        runs.note_skipped(skipped)
+        log_trials(uri, runs.parent_run_id, children, trials, metric)
+        runs.end()
     except BaseException:
-        tracking.end_run(uri, parent, "FAILED")
+        runs.end("FAILED")
         raise
     finally:
         prepared.release()
-    return SweepResult(trials=trials, best=best, parent_run_id=parent, wall_s=time.perf_counter() - started,
-                       skipped=skipped)
+    return SweepResult(trials=trials, best=best, parent_run_id=runs.parent_run_id,
+                       wall_s=time.perf_counter() - started, skipped=skipped)
 
 
-def _interrupted(tracking_uri: str, experiment: str, sweep: SweepSpec) -> tuple[str, str]:
-    """The parent run and Tune state of this sweep's latest run that did not finish."""
-    client = MlflowClient(tracking_uri)
-    found = client.get_experiment_by_name(experiment)
-    runs = client.search_runs([found.experiment_id], f"tags.`{SWEEP_TAG}` = '{sweep.name}' and "
-                              "attributes.status != 'FINISHED'", order_by=["attributes.start_time DESC"],
-                              max_results=1) if found else []
-    if not runs or not tune.Tuner.can_restore(runs[0].data.tags.get(PATH_TAG, "")):
+def _interrupted(tracking_uri: str, experiment: str, sweep: SweepSpec) -> tuple[SweepRuns, str]:
+    """The runs and Tune state of this sweep's latest run that did not finish."""
+    found = SweepRuns.interrupted(tracking_uri, experiment, sweep.name)
+    if found is None or not tune.Tuner.can_restore(found[1]):
         raise SpecError(f"no interrupted run of sweep {sweep.name!r} to resume in experiment {experiment!r}",
                         field="--resume", file=sweep.file)
-    return runs[0].info.run_id, runs[0].data.tags[PATH_TAG]
-
-
-def _close_stopped_trials(tracking_uri: str, experiment_id: str, parent_run_id: str, nonfinite: set[str],
-                          errored: set[str]) -> list:
-    """Trials that were stopped end without closing their nested run: mark those ``KILLED`` and say why in the
-    tag ``rayline.stopped`` (the scheduler, or a loss that went NaN/infinite). Returns every nested run."""
-    client = MlflowClient(tracking_uri)
-    query = f"tags.`mlflow.parentRunId` = '{parent_run_id}'"
-    for run in client.search_runs([experiment_id], query):
-        nan = run.data.tags[TRIAL_TAG] in nonfinite
-        # a stopped trial's Train job may have ended FAILED while being stopped: Tune says whether it erred
-        if run.info.status != "FINISHED" and run.data.tags[TRIAL_TAG] not in errored:
-            client.set_tag(run.info.run_id, STOPPED_TAG, "train_loss is not finite" if nan else "by the scheduler")
-            client.set_terminated(run.info.run_id, "KILLED")
-    return client.search_runs([experiment_id], query)
+    return found
 
 
 def _rank(grid: tune.ResultGrid, metric: str, mode: str) -> list[tune.Result]:
@@ -295,7 +212,7 @@ def _unpublishable(result: tune.Result, run: Run, test_metric: str) -> str | Non
 
 
 def _publish_best(grid: tune.ResultGrid, sweep: SweepSpec, document: dict[str, Any], prepared: PreparedData,
-                  tracking_uri: str, children: list[Run], progress: Progress) -> tuple[dict[str, Any], dict[str, str]]:
+                  tracking_uri: str, children: list[Run], progress: Progress) -> tuple[BestTrial, dict[str, str]]:
     """Package and register the last checkpoint of the best trial that finished its test evaluation, from its
     nested run. Returns it, and the better-ranked trials that were skipped, with why (run name → reason)."""
     metric, mode = sweep.objective
@@ -320,5 +237,5 @@ def _publish_best(grid: tune.ResultGrid, sweep: SweepSpec, document: dict[str, A
     version, decision = register(spec, tracking_uri, model_uri, run.data.metrics)
     progress("register", f"{spec.tracking.model_name} version {version} from trial {run.info.run_name}; "
              f"{decision.reason}")
-    return {"config": config, "metrics": run.data.metrics, "run_id": run.info.run_id,
-            "model_uri": f"models:/{spec.tracking.model_name}/{version}", "promotion": decision}, skipped
+    return BestTrial(config, run.data.metrics, run.info.run_id, f"models:/{spec.tracking.model_name}/{version}",
+                     decision), skipped
