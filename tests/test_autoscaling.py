@@ -30,7 +30,6 @@ from rayline.cluster import jobs
 from rayline.cluster.embedded import RAY_POINTER
 from rayline.cluster.processes import free_port, http_ok, session_members, stop_process_group, wait_until
 from rayline.pipeline import submit
-from rayline.pipeline.summary import read_summary
 
 pytestmark = pytest.mark.slow
 CONFIG = Path(__file__).parents[1] / "cluster-local.yaml"
@@ -131,7 +130,7 @@ def test_the_autoscaler_adds_worker_nodes_for_a_pipeline_and_removes_them_when_i
         job = followed.result(timeout=JOB_DEADLINE_S)
     finished = round(time.monotonic() - started, 1)
     assert job.succeeded, f"{timeline()}. Job {job.status}: {job.message}; its log ends: {job.logs[-3000:]}"
-    run = mlflow_client.get_run(read_summary(job.logs).run_id)
+    [run] = mlflow_client.search_runs([mlflow_client.get_experiment_by_name(unique).experiment_id])
     workers = mlflow_client.get_metric_history(run.info.run_id, "workers")
     assert sorted((m.step, m.value) for m in workers) == [(epoch, WORKERS) for epoch in range(EPOCHS)]
     assert run.data.metrics["test_accuracy"] > 0.5  # it learned: chance is 0.1

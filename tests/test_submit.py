@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -23,7 +24,7 @@ import rayline
 from conftest import PIPELINES
 from rayline.cluster import jobs
 from rayline.cluster.processes import free_port
-from rayline.pipeline.summary import read_summary
+from rayline.tracking import SUBMISSION_TAG, find_tagged_run
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
@@ -79,11 +80,12 @@ def test_a_submitted_pipeline_streams_its_log_and_ends_with_its_mlflow_run(platf
     # the job's own log, streamed: progress lines of the run on the cluster, then the submitter's verdict
     assert "[job] submitted rayline-digits-run-" in output and "[register]" in output, output[-3000:]
     assert "SUCCEEDED" in output
-    summary = read_summary(submitted.stdout)
-    assert summary is not None, output[-3000:]
-    run = mlflow_client.get_run(summary.run_id)
+    job_id = re.search(r"\[job\] submitted (\S+)", output).group(1)
+    found = find_tagged_run(platform.tracking_uri, name, SUBMISSION_TAG, job_id)  # the run knows its job
+    assert found is not None and found.model_uri == f"models:/{name}/1", output[-3000:]
+    run = mlflow_client.get_run(found.run_id)
     assert run.info.status == "FINISHED" and run.data.metrics["test_accuracy"] > 0.8
-    assert summary.model_uri == f"models:/{name}/1"
+    assert re.search(rf"run id\s+{found.run_id}", submitted.stdout)  # and the submitter says which it is
 
 
 def _checkpointed(storage: Path, train_run: str) -> bool:
@@ -120,7 +122,8 @@ def test_resubmitting_under_the_same_run_name_resumes_from_the_last_checkpoint(p
     first = rayline.submit(root / "pipelines" / "digits.yaml", overrides, address=platform.dashboard_url,
                            working_dir=root, run_name="nightly", command=str(BIN / "rayline"),
                            on_submitted=_stop_once_checkpointed(platform, "digits-nightly", stopped))
-    assert stopped == [first.job_id] and first.status == "STOPPED" and first.run is None, first.logs[-3000:]
+    assert stopped == [first.job_id] and first.status == "STOPPED", first.logs[-3000:]
+    assert first.run is not None and first.run.status != "FINISHED" and first.run.model_uri is None
 
     second = rayline.submit(root / "pipelines" / "digits.yaml", overrides, address=platform.dashboard_url,
                             working_dir=root, run_name="nightly", command=str(BIN / "rayline"))

@@ -5,7 +5,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from rayline.cluster import DEFAULT_STATE_DIR, Platform, connect
@@ -50,17 +50,19 @@ def run(
     progress: Progress | None = None,
     verbose: bool = False,
     run_name: str | None = None,
+    tags: Mapping[str, str] | None = None,
 ) -> PipelineResult:
     """Run a pipeline spec end to end and return its result.
 
     With no addresses (arguments or ``RAY_ADDRESS`` / ``MLFLOW_TRACKING_URI``), the embedded local
     platform in ``state_dir`` is started or reused. ``progress(stage, message)`` receives progress lines;
     ``verbose`` streams Ray's worker logs. ``run_name`` names the run: running again under the same name after
-    a failure resumes its training from the last checkpoint (a finished run's name is refused).
+    a failure resumes its training from the last checkpoint (a finished run's name is refused). ``tags`` go on the
+    MLflow run.
     """
     loaded = with_overrides(spec, overrides) if isinstance(spec, PipelineSpec) else load_spec(spec, overrides)
     platform = connect(ray_address, tracking_uri, storage_uri, state_dir)
-    return _run_pipeline(loaded, platform, progress, verbose, run_name)
+    return _run_pipeline(loaded, platform, progress, verbose, run_name, tags)
 
 
 def tune(
@@ -104,12 +106,20 @@ def submit(
     running embedded platform's. ``working_dir`` (holding the spec) is uploaded without state, caches, virtual
     environments and ``excludes``. Submitting again under the same ``run_name`` resumes from the last checkpoint.
     ``tracking_uri`` and ``storage_uri`` go into the job's environment: a plain Ray cluster (not a ``rayline up``
-    platform, which has its own) needs both, or the job is refused.
+    platform, which has its own) needs both, or the job is refused. The job's MLflow run (``result.run``) is looked
+    up on ``tracking_uri``, or on the embedded platform's server when the job ran there.
     """
     target = address or os.environ.get("RAY_API_SERVER_ADDRESS") or _running_dashboard(state_dir)
     return _submit(spec, list(overrides), target, working_dir=working_dir, run_name=run_name, excludes=excludes,
-                   command=command, tracking_uri=tracking_uri, storage_uri=storage_uri, on_log=on_log,
+                   command=command, tracking_uri=tracking_uri, storage_uri=storage_uri,
+                   lookup_uri=tracking_uri or _embedded_tracking_uri(target, state_dir), on_log=on_log,
                    on_submitted=on_submitted)
+
+
+def _embedded_tracking_uri(dashboard_url: str, state_dir: str | Path) -> str | None:
+    """The embedded platform's tracking URI, if the cluster at ``dashboard_url`` is that platform's."""
+    found = _status(state_dir)
+    return str(found["tracking_uri"]) if found["running"] and found["dashboard_url"] == dashboard_url else None
 
 
 def _running_dashboard(state_dir: str | Path) -> str:

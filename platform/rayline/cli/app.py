@@ -1,4 +1,4 @@
-"""The ``rayline`` command: a typer app over the SDK."""
+"""The ``rayline`` command: a typer app over the public SDK (``import rayline``) and nothing else."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import json
 import os
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -13,26 +15,60 @@ import typer
 
 import rayline
 from rayline import DEFAULT_STATE_DIR, RaylineError, SpecError
-from rayline.pipeline.summary import run_lines, summary_lines
+from rayline.cli.summary import job_summary, run_summary, sweep_summary
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Ray Data → Ray Train → MLflow, from one spec.")
 
+# The options several commands share, defined once.
 StateDir = Annotated[Path, typer.Option("--state-dir", envvar="RAYLINE_STATE_DIR",
                                         help="where the embedded platform keeps its state")]
-
-
+RayAddress = Annotated[str | None, typer.Option(envvar="RAY_ADDRESS", help="existing Ray cluster")]
+TrackingUri = Annotated[str | None, typer.Option(envvar="MLFLOW_TRACKING_URI", help="existing MLflow server")]
+Storage = Annotated[str | None, typer.Option(envvar="RAYLINE_STORAGE",
+                                             help="checkpoint/data storage URI shared by all nodes")]
+Overrides = Annotated[list[str] | None, typer.Option("--set", help="override a field: a.b=value")]
 RunName = Annotated[str | None, typer.Option(help="name the run: a re-run under the same name resumes its training "
                                              "from the last checkpoint")]
-TrackingUri = Annotated[str | None, typer.Option(envvar="MLFLOW_TRACKING_URI", help="existing MLflow server")]
 
 
 def _stage(stage: str, message: str) -> None:
     typer.echo(f"[{stage}] {message}", err=False)
 
 
+def _echo(lines: list[str]) -> None:
+    headline, *rest = lines
+    typer.secho(headline, bold=True)
+    for line in rest:
+        typer.echo(line)
+
+
+@contextmanager
+def _exit_codes(rayline_error: int = 1, others: tuple[type[Exception], ...] = ()) -> Iterator[None]:
+    """Every command's errors as one red line and an exit code, never a traceback: 2 for a bad spec or option
+    (:class:`SpecError`), ``rayline_error`` for the other errors a user can fix, 1 for ``others``."""
+    try:
+        yield
+    except SpecError as err:
+        raise _fail(err, 2) from None
+    except RaylineError as err:
+        raise _fail(err, rayline_error) from None
+    except others as err:
+        raise _fail(err, 1) from None
+
+
 def _fail(err: Exception, code: int) -> typer.Exit:
     typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
     return typer.Exit(code)
+
+
+def _tags(pairs: list[str] | None) -> dict[str, str]:
+    tags = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise SpecError(f"{pair!r} is not of the form key=value", field="--tag")
+        tags[key] = value
+    return tags
 
 
 def _exit_if_the_platform_stops(state_dir: Path, poll_s: float = 1.0) -> None:
@@ -62,63 +98,47 @@ def _exit_if_the_platform_stops(state_dir: Path, poll_s: float = 1.0) -> None:
 @app.command()
 def run(
     spec: Annotated[Path, typer.Argument(help="pipeline spec (YAML)")],
-    overrides: Annotated[list[str] | None, typer.Option("--set", help="override a field: a.b=value")] = None,
-    ray_address: Annotated[str | None, typer.Option(envvar="RAY_ADDRESS", help="existing Ray cluster")] = None,
-    tracking_uri: Annotated[str | None, typer.Option(envvar="MLFLOW_TRACKING_URI",
-                                                     help="existing MLflow server")] = None,
-    storage: Annotated[str | None, typer.Option(envvar="RAYLINE_STORAGE",
-                                                help="checkpoint/data storage URI shared by all nodes")] = None,
+    overrides: Overrides = None,
+    ray_address: RayAddress = None,
+    tracking_uri: TrackingUri = None,
+    storage: Storage = None,
     state_dir: StateDir = Path(DEFAULT_STATE_DIR),
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="stream Ray's worker logs")] = False,
     run_name: RunName = None,
+    tag: Annotated[list[str] | None, typer.Option(help="a tag for the MLflow run: key=value")] = None,
 ) -> None:
     """Run a pipeline: data → train → evaluate → register."""
     if not ray_address:
         _exit_if_the_platform_stops(state_dir)
-    try:
+    with _exit_codes():
         loaded = rayline.load_spec(spec, overrides or [])
         _stage("spec", f"{spec}: pipeline {loaded.name!r}, model {loaded.model.name}")
         result = rayline.run(loaded, ray_address=ray_address, tracking_uri=tracking_uri, storage_uri=storage,
-                             state_dir=state_dir, progress=_stage, verbose=verbose, run_name=run_name)
-    except SpecError as err:
-        raise _fail(err, 2) from None
-    except RaylineError as err:
-        raise _fail(err, 1) from None
+                             state_dir=state_dir, progress=_stage, verbose=verbose, run_name=run_name,
+                             tags=_tags(tag))
     typer.echo("")
-    headline, *lines = summary_lines(loaded.name, result)
-    typer.secho(headline, bold=True)
-    for line in lines:
-        typer.echo(line)
+    _echo(run_summary(loaded.name, result))
 
 
 @app.command("tune")
 def tune_command(
     spec: Annotated[Path, typer.Argument(help="sweep spec (YAML)")],
-    overrides: Annotated[list[str] | None, typer.Option("--set", help="override a field: a.b=value")] = None,
-    ray_address: Annotated[str | None, typer.Option(envvar="RAY_ADDRESS", help="existing Ray cluster")] = None,
+    overrides: Overrides = None,
+    ray_address: RayAddress = None,
     tracking_uri: TrackingUri = None,
-    storage: Annotated[str | None, typer.Option(envvar="RAYLINE_STORAGE",
-                                                help="checkpoint/data storage URI shared by all nodes")] = None,
+    storage: Storage = None,
     state_dir: StateDir = Path(DEFAULT_STATE_DIR),
     resume: Annotated[bool, typer.Option("--resume", help="continue this sweep's latest interrupted run")] = False,
 ) -> None:
     """Run a sweep: Ray Tune trials of a pipeline, nested MLflow runs, the best model registered."""
-    try:
+    with _exit_codes():
         result = rayline.tune(spec, overrides or [], ray_address=ray_address, tracking_uri=tracking_uri,
                               storage_uri=storage, state_dir=state_dir, progress=_stage, resume=resume)
-    except SpecError as err:
-        raise _fail(err, 2) from None
-    except RaylineError as err:
-        raise _fail(err, 1) from None
     shown = [c for c in result.trials.columns if c.startswith("config/") or c in ("training_iteration", "trial_id")]
     typer.echo("")
     typer.echo(result.trials[shown].to_string(index=False))
-    best = result.best
-    typer.secho(f"\nsweep finished in {result.wall_s:.1f} s; best {best.config}", bold=True)
-    typer.echo(f"  model          {best.model_uri}")
-    typer.echo(f"  promotion      {'PROMOTED' if best.promotion.promoted else 'kept'}: {best.promotion.reason}")
-    for name, why in result.skipped.items():
-        typer.echo(f"  skipped        {name} (ranked higher): {why}")
+    typer.echo("")
+    _echo(sweep_summary(result))
 
 
 @app.command()
@@ -136,11 +156,9 @@ def up(
         "admin from MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD")] = None,
 ) -> None:
     """Start (or reuse) the embedded local platform: Ray + MLflow on 127.0.0.1."""
-    try:
+    with _exit_codes(rayline_error=2):
         platform = rayline.up(state_dir, num_cpus, mlflow_backend=mlflow_backend, mlflow_artifacts=mlflow_artifacts,
                               mlflow_auth=mlflow_auth)
-    except RaylineError as err:
-        raise _fail(err, 2) from None
     typer.echo(f"ray        {platform.ray_address}  (dashboard {platform.dashboard_url})")
     typer.echo(f"mlflow     {platform.tracking_uri}")
     typer.echo(f"storage    {platform.storage_uri}")
@@ -149,10 +167,8 @@ def up(
 @app.command()
 def status(state_dir: StateDir = Path(DEFAULT_STATE_DIR)) -> None:
     """Show the embedded platform's addresses and health (exit 1 if it is not running)."""
-    try:
+    with _exit_codes(rayline_error=2):
         info = rayline.status(state_dir)
-    except RaylineError as err:
-        raise _fail(err, 2) from None
     typer.echo(json.dumps(info, indent=2))
     if not info["running"]:
         raise typer.Exit(1)
@@ -161,33 +177,30 @@ def status(state_dir: StateDir = Path(DEFAULT_STATE_DIR)) -> None:
 @app.command()
 def down(state_dir: StateDir = Path(DEFAULT_STATE_DIR)) -> None:
     """Stop the embedded platform started from the state directory."""
-    try:
+    with _exit_codes(rayline_error=2):
         stopped = rayline.down(state_dir)
-    except RaylineError as err:
-        raise _fail(err, 2) from None
     typer.echo("stopped" if stopped else "nothing was running")
 
 
 @app.command("serve")
 def serve_command(
     target: Annotated[str, typer.Argument(help="a service spec (YAML), or `status` / `shutdown`")],
-    overrides: Annotated[list[str] | None, typer.Option("--set", help="override a field: a.b=value")] = None,
+    overrides: Overrides = None,
     name: Annotated[str | None, typer.Option(help="with shutdown: only this application")] = None,
     export: Annotated[Path | None, typer.Option(help="write the spec as a Ray Serve config (for `serve deploy`) "
                                                      "instead of deploying it")] = None,
-    ray_address: Annotated[str | None, typer.Option(envvar="RAY_ADDRESS", help="existing Ray cluster")] = None,
-    tracking_uri: Annotated[str | None, typer.Option(envvar="MLFLOW_TRACKING_URI",
-                                                     help="existing MLflow server")] = None,
+    ray_address: RayAddress = None,
+    tracking_uri: TrackingUri = None,
     state_dir: StateDir = Path(DEFAULT_STATE_DIR),
 ) -> None:
     """Deploy or update a model endpoint on Ray Serve (`rayline serve serving/digits.yaml`), export it as a
     Ray Serve config (`--export`), or show (`status`) or stop (`shutdown`) what is served."""
-    try:
+    where = {"ray_address": ray_address, "tracking_uri": tracking_uri, "state_dir": state_dir}
+    with _exit_codes():
         if export is not None:
             export.write_text(rayline.export_service(target, overrides or [], tracking_uri=tracking_uri))
             typer.echo(f"wrote {export}: RAY_AUTH_MODE=token serve deploy {export} --address <dashboard URL>")
             return
-        where = {"ray_address": ray_address, "tracking_uri": tracking_uri, "state_dir": state_dir}
         if target == "status":
             typer.echo(json.dumps(rayline.serve_status(**where), indent=2))
             return
@@ -198,8 +211,6 @@ def serve_command(
         spec = rayline.load_service_spec(target, overrides or [])
         _stage("serve", f"deploying {spec.model} as {spec.name!r}")
         endpoint = rayline.serve(spec, **where)
-    except RaylineError as err:
-        raise _fail(err, 2 if isinstance(err, SpecError) else 1) from None
     typer.echo(f"serving {spec.model} at {endpoint.url}")
     typer.echo(f"  predict   POST {endpoint.url}/v1/models/{spec.model_name}/predict")
     typer.echo(f"  MLflow    POST {endpoint.url}/invocations")
@@ -213,16 +224,14 @@ def predict(
     input_uri: Annotated[str, typer.Option("--input", help="CSV or Parquet file, directory or URI")],
     output_uri: Annotated[str, typer.Option("--output", help="Parquet output directory or URI")],
     actors: Annotated[int, typer.Option(help="model replicas (Ray Data actors)")] = 1,
-    ray_address: Annotated[str | None, typer.Option(envvar="RAY_ADDRESS", help="existing Ray cluster")] = None,
+    ray_address: RayAddress = None,
     tracking_uri: TrackingUri = None,
     state_dir: StateDir = Path(DEFAULT_STATE_DIR),
 ) -> None:
     """Batch inference: the packaged model over a dataset with Ray Data, written as Parquet."""
-    try:
+    with _exit_codes():
         done = rayline.predict(model, input_uri, output_uri, actors=actors, ray_address=ray_address,
                                tracking_uri=tracking_uri, state_dir=state_dir)
-    except RaylineError as err:
-        raise _fail(err, 2 if isinstance(err, SpecError) else 1) from None
     typer.echo(f"{done.rows} predictions by {done.model_name} version {done.model_version} -> {done.output}")
 
 
@@ -235,10 +244,8 @@ def promote(
     state_dir: StateDir = Path(DEFAULT_STATE_DIR),
 ) -> None:
     """Move an alias to a version; endpoints serving that alias swap to it without dropping requests."""
-    try:
+    with _exit_codes(others=(Exception,)):  # MLflow's errors say which version or model is missing
         previous = rayline.promote(name, version, alias, tracking_uri=tracking_uri, state_dir=state_dir)
-    except Exception as err:  # MLflow says which version or model is missing
-        raise _fail(err, 1) from None
     typer.echo(f"{name}@{alias}: version {previous or '-'} -> {version}")
 
 
@@ -250,17 +257,15 @@ def rollback(
     state_dir: StateDir = Path(DEFAULT_STATE_DIR),
 ) -> None:
     """Move an alias back to the version that held it before."""
-    try:
+    with _exit_codes(others=(Exception,)):
         version = rayline.rollback(name, alias, tracking_uri=tracking_uri, state_dir=state_dir)
-    except Exception as err:
-        raise _fail(err, 1) from None
     typer.echo(f"{name}@{alias} -> version {version}")
 
 
 @app.command()
 def submit(
     spec: Annotated[Path, typer.Argument(help="pipeline spec (YAML), inside the working directory")],
-    overrides: Annotated[list[str] | None, typer.Option("--set", help="override a field: a.b=value")] = None,
+    overrides: Overrides = None,
     address: Annotated[str | None, typer.Option(envvar="RAY_API_SERVER_ADDRESS",
                                                 help="the cluster's dashboard, http://head:8265 (default: the "
                                                      "running embedded platform's)")] = None,
@@ -278,20 +283,14 @@ def submit(
     state_dir: StateDir = Path(DEFAULT_STATE_DIR),
 ) -> None:
     """Run a pipeline on a Ray cluster as a Ray job: upload, stream its log, end with its status and MLflow run."""
-    try:
+    with _exit_codes():
         job = rayline.submit(spec, overrides or [], address=address, working_dir=working_dir, run_name=run_name,
                              excludes=exclude or [], command=command, tracking_uri=tracking_uri,
                              storage_uri=storage, state_dir=state_dir,
                              on_submitted=lambda job_id: _stage("job", f"submitted {job_id}"),
                              on_log=lambda text: typer.echo(text, nl=False))
-    except SpecError as err:
-        raise _fail(err, 2) from None
-    except RaylineError as err:
-        raise _fail(err, 1) from None
     typer.echo("")
-    typer.secho(f"job {job.job_id} {job.status}" + (f": {job.message}" if not job.succeeded else ""), bold=True)
-    if job.run is not None:
-        typer.echo("\n".join(run_lines(job.run)))
+    _echo(job_summary(job))
     if not job.succeeded:
         raise typer.Exit(1)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,7 +57,7 @@ class PipelineResult:
     @property
     def run_url(self) -> str:
         """The run's page in the MLflow UI."""
-        return f"{self.tracking_uri.rstrip('/')}/#/experiments/{self.experiment_id}/runs/{self.run_id}"
+        return tracking.run_url(self.tracking_uri, self.experiment_id, self.run_id)
 
 
 def _quiet(stage: str, message: str) -> None:
@@ -96,7 +96,7 @@ def _earlier_attempt(spec: PipelineSpec, tracking_uri: str, run_name: str) -> st
 
 def run(
     spec: PipelineSpec, platform: Platform, progress: Progress | None = None, verbose: bool = False,
-    run_name: str | None = None,
+    run_name: str | None = None, tags: Mapping[str, str] | None = None,
 ) -> PipelineResult:
     """Run the pipeline on ``platform``. Invalid specs, data or resource requests raise :class:`SpecError`
     before any worker starts or anything is written to MLflow. ``verbose`` streams Ray's worker logs.
@@ -104,7 +104,8 @@ def run(
     ``run_name`` names the run: its checkpoints are kept under that name, so running the pipeline again under the
     same name after a failure (a killed job, a lost cluster) resumes training from the last checkpoint instead of
     starting over. The new attempt is a new MLflow run with the same name, tagged with the attempt it resumes;
-    a name whose run finished is refused. Without it, every run trains from scratch.
+    a name whose run finished is refused. Without it, every run trains from scratch. ``tags`` go on the MLflow run
+    (``rayline submit`` finds its job's run by one).
 
     The result's ``stages`` says where the wall time went; the same numbers are logged to the MLflow run as
     ``stage_<name>_s`` metrics."""
@@ -139,13 +140,13 @@ def run(
     mlflow.set_tracking_uri(uri)
     try:  # the prepared Parquet, if any, is deleted whatever happens from here
         with clock.stage("tracking"):
-            tags = {"rayline.pipeline": spec.name, "rayline.spec_file": spec.file or ""}
+            run_tags = {**(tags or {}), "rayline.pipeline": spec.name, "rayline.spec_file": spec.file or ""}
             if run_name:
-                tags |= {tracking.RUN_NAME_TAG: run_name, **tracking.driver_tags()}
+                run_tags |= {tracking.RUN_NAME_TAG: run_name, **tracking.driver_tags()}
             if resumes:
-                tags[RESUMES_TAG] = resumes
+                run_tags[RESUMES_TAG] = resumes
             run_id = tracking.start_run(uri, spec.tracking.experiment,
-                                        run_name or f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}", tags)
+                                        run_name or f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}", run_tags)
         if resumes:
             progress("train", f"run {run_name!r} resumes the training of its earlier attempt (run {resumes})")
         train_run = f"{spec.name}-{run_name}" if run_name else f"{spec.name}-{run_id[:12]}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,44 @@ def start_run(tracking_uri: str, experiment: str, run_name: str, tags: Mapping[s
 
 
 RUN_NAME_TAG = "rayline.run_name"  # the name a user gave a pipeline run: a re-run under it resumes the same training
+SUBMISSION_TAG = "rayline.submission_id"  # the Ray job that ran a pipeline run (``rayline submit``)
+
+
+def tags_filter(tags: Mapping[str, str], extra: str = "") -> str:
+    """An MLflow search filter for runs holding every one of ``tags`` (and ``extra``, a further condition)."""
+    quoted = [value for value in tags.values() if "'" in value]
+    if quoted:
+        raise ValueError(f"a tag value to search for holds a quote: {quoted[0]!r}")
+    return " and ".join([*(f"tags.`{key}` = '{value}'" for key, value in tags.items()), *([extra] if extra else [])])
+
+
+def run_url(tracking_uri: str, experiment_id: str, run_id: str) -> str:
+    """A run's page in the MLflow UI."""
+    return f"{tracking_uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+
+
+@dataclass(frozen=True)
+class TrackedRun:
+    """An MLflow run found by its tags: its id, status and page, and the model version registered from it."""
+
+    run_id: str
+    status: str
+    run_url: str
+    model_uri: str | None
+
+
+def find_tagged_run(tracking_uri: str, experiment: str, key: str, value: str) -> TrackedRun | None:
+    """The newest run of ``experiment`` tagged ``key = value``, with the model version registered from it."""
+    client = MlflowClient(tracking_uri)
+    found = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([found.experiment_id], tags_filter({key: value}),
+                              order_by=["attributes.start_time DESC"], max_results=1) if found else []
+    if not runs:
+        return None
+    run = runs[0].info
+    versions = client.search_model_versions(f"run_id = '{run.run_id}'")
+    model_uri = f"models:/{versions[0].name}/{versions[0].version}" if versions else None
+    return TrackedRun(run.run_id, run.status, run_url(tracking_uri, run.experiment_id, run.run_id), model_uri)
 
 
 def latest_named_run(tracking_uri: str, experiment: str, run_name: str) -> Run | None:
@@ -50,7 +89,7 @@ def latest_named_run(tracking_uri: str, experiment: str, run_name: str) -> Run |
     found = client.get_experiment_by_name(experiment)
     if found is None:
         return None
-    runs = client.search_runs([found.experiment_id], filter_string=f"tags.`{RUN_NAME_TAG}` = '{run_name}'",
+    runs = client.search_runs([found.experiment_id], filter_string=tags_filter({RUN_NAME_TAG: run_name}),
                               order_by=["attributes.start_time DESC"], max_results=1)
     return runs[0] if runs else None
 

@@ -11,7 +11,7 @@ from typing import Any
 from mlflow import MlflowClient
 from mlflow.entities import Run
 
-from rayline.tracking.runs import log_params, start_run
+from rayline.tracking.runs import log_params, start_run, tags_filter
 
 PARENT_TAG = "mlflow.parentRunId"
 TRIAL_TAG = "rayline.trial"
@@ -21,14 +21,6 @@ STOPPED_TAG = "rayline.stopped"  # why a trial's run ended before its test evalu
 CONFIG_TAG = "rayline.config"  # the config a restarted trial runs (PBT mutates it; params keep the first)
 STARTED_FROM_TAG = "rayline.started_from"  # the Tune checkpoint a restarted trial started from
 SKIPPED_TAG = "rayline.skipped_trials"  # on the parent run: better-ranked trials that could not be published
-
-
-def tags_filter(tags: Mapping[str, str], extra: str = "") -> str:
-    """An MLflow search filter for runs holding every one of ``tags`` (and ``extra``, a further condition)."""
-    quoted = [value for value in tags.values() if "'" in value]
-    if quoted:
-        raise ValueError(f"a tag value to search for holds a quote: {quoted[0]!r}")
-    return " and ".join([*(f"tags.`{key}` = '{value}'" for key, value in tags.items()), *([extra] if extra else [])])
 
 
 @dataclass(frozen=True)
