@@ -92,8 +92,7 @@ def ensure_models(platform: rayline.Platform, state_dir: Path, retrain: bool) ->
     for name, (pipeline, overrides) in PIPELINES.items():
         if name not in models:
             print(f"[bench] training the {name} model ({pipeline})", flush=True)
-            result = rayline.run(ROOT / "pipelines" / pipeline, overrides, ray_address=platform.ray_address,
-                                 tracking_uri=platform.tracking_uri, storage_uri=platform.storage_uri)
+            result = rayline.run(ROOT / "pipelines" / pipeline, overrides, platform=platform)
             models[name] = result.model_uri
     record.write_text(json.dumps(models, indent=1))
     return models
@@ -205,7 +204,7 @@ def serve_rayline(platform: rayline.Platform, model: str, model_uri: str, port: 
 
     overrides = {"name": f"bench-{model}", "model": model_uri, "port": port, **SERVICE_OVERRIDES[model]}
     spec = rayline.load_service_spec(ROOT / "serving" / "digits.yaml", overrides)
-    endpoint = rayline.serve(spec, ray_address=platform.ray_address, tracking_uri=platform.tracking_uri)
+    endpoint = rayline.serve(spec, platform=platform)
     try:
         yield endpoint.url
     finally:

@@ -68,7 +68,7 @@ def main() -> None:
         spec = rayline.load_service_spec(ROOT / "serving" / "digits.yaml", {
             "name": APP, "model": model_uri, "port": port,
             "autoscaling": {"min_replicas": 2, "max_replicas": 2}})
-        endpoint = rayline.serve(spec, ray_address=platform.ray_address, tracking_uri=platform.tracking_uri)
+        endpoint = rayline.serve(spec, platform=platform)
         url = f"{endpoint.url}/invocations"
         with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as body:
             json.dump({"dataframe_split": one_row(model_uri, platform.tracking_uri).to_dict(orient="split")

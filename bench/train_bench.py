@@ -107,8 +107,7 @@ def epoch_history(platform: rayline.Platform, run_id: str, metric: str) -> list[
 
 def run_rayline(platform: rayline.Platform, spec: rayline.PipelineSpec) -> tuple[rayline.PipelineResult, float]:
     started = time.perf_counter()
-    result = rayline.run(spec, ray_address=platform.ray_address, tracking_uri=platform.tracking_uri,
-                         storage_uri=platform.storage_uri)
+    result = rayline.run(spec, platform=platform)
     return result, time.perf_counter() - started
 
 

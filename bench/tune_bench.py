@@ -48,8 +48,7 @@ def sweep(scheduler: dict, args: argparse.Namespace, platform: rayline.Platform,
     stop = threading.Event()
     sampler = threading.Thread(target=cpu_sampler, args=(stop, samples), daemon=True)
     sampler.start()
-    result = rayline.tune(spec, ray_address=platform.ray_address, tracking_uri=platform.tracking_uri,
-                          storage_uri=platform.storage_uri)
+    result = rayline.tune(spec, platform=platform)
     stop.set()
     client = MlflowClient(platform.tracking_uri)
     children = client.search_runs([client.get_run(result.parent_run_id).info.experiment_id],

@@ -82,7 +82,7 @@ def small_model(platform: rayline.Platform) -> rayline.PipelineResult:
     return rayline.run(PIPELINES / "digits.yaml", {
         "model": {"name": "mlp", "params": {"hidden": [64]}}, "train.epochs": 3, "train.scaling.num_workers": 1,
         "tracking.experiment": SERVE_MODEL, "tracking.model_name": SERVE_MODEL,
-    }, ray_address=platform.ray_address, tracking_uri=platform.tracking_uri, storage_uri=platform.storage_uri)
+    }, platform=platform)
 
 
 @pytest.fixture(scope="session")

@@ -84,8 +84,7 @@ def test_bad_input_is_refused_before_work(case: str, platform: rayline.Platform,
     make_overrides, field, fragment = CASES[case]
     overrides = {**make_overrides(tmp_path), "tracking.experiment": unique, "tracking.model_name": unique}
     with pytest.raises(rayline.SpecError) as caught:
-        rayline.run(PIPELINES / "digits.yaml", overrides, ray_address=platform.ray_address,
-                    tracking_uri=platform.tracking_uri, storage_uri=platform.storage_uri)
+        rayline.run(PIPELINES / "digits.yaml", overrides, platform=platform)
     error = caught.value
     assert error.field == field
     assert fragment in error.message

@@ -35,8 +35,7 @@ def _overrides(source: str, unique: str, **more: object) -> dict[str, object]:
 
 def _refused(platform: rayline.Platform, overrides: dict[str, object], mlflow_client) -> rayline.SpecError:
     with pytest.raises(rayline.SpecError) as caught:
-        rayline.run(PIPELINES / "digits.yaml", overrides, ray_address=platform.ray_address,
-                    tracking_uri=platform.tracking_uri, storage_uri=platform.storage_uri)
+        rayline.run(PIPELINES / "digits.yaml", overrides, platform=platform)
     assert mlflow_client.get_experiment_by_name(overrides["tracking.experiment"]) is None  # nothing was tracked
     return caught.value
 
@@ -119,8 +118,7 @@ def dropped_run(platform: rayline.Platform, tmp_path_factory: pytest.TempPathFac
     table.to_parquet(source)
     name = f"t{tmp.name[-8:]}"
     return rayline.run(PIPELINES / "digits.yaml", _overrides(str(source), name, **{"data.drop_null_labels": True}),
-                       ray_address=platform.ray_address, tracking_uri=platform.tracking_uri,
-                       storage_uri=platform.storage_uri)
+                       platform=platform)
 
 
 def test_dropping_null_labels_reports_how_many(dropped_run: rayline.PipelineResult, mlflow_client) -> None:
@@ -145,8 +143,7 @@ def test_a_run_whose_loss_is_not_finite_fails_and_registers_nothing(platform: ra
                  "preprocess": [], "train.epochs": 2, "train.scaling.num_workers": 1,
                  "tracking.experiment": unique, "tracking.model_name": unique}
     with pytest.raises(rayline.RaylineError) as caught:
-        rayline.run(PIPELINES / "digits.yaml", overrides, ray_address=platform.ray_address,
-                    tracking_uri=platform.tracking_uri, storage_uri=platform.storage_uri)
+        rayline.run(PIPELINES / "digits.yaml", overrides, platform=platform)
     error = caught.value
     assert not isinstance(error, rayline.SpecError)
     assert len(str(error).splitlines()) == 1

@@ -36,7 +36,7 @@ def test_streamed_run_reads_and_transforms_each_row_once(platform: rayline.Platf
     result = rayline.run(PIPELINES / "synthetic.yaml", {
         "name": unique, "data.source": f"synthetic://classification?rows={ROWS}&features=8&classes=3&seed=1",
         "data.cache": False, "train.epochs": EPOCHS, "tracking.experiment": unique, "tracking.model_name": unique,
-    }, ray_address=platform.ray_address, tracking_uri=platform.tracking_uri, storage_uri=platform.storage_uri)
+    }, platform=platform)
     executions = [operators(e) | {"__start__": e["start_time"]} for e in executions_since(started)]
 
     def touches(execution: dict, marker: str) -> bool:
@@ -73,7 +73,7 @@ def test_cached_run_pulls_each_workers_shard_once_per_run(platform: rayline.Plat
         "name": unique, "data.source": f"synthetic://classification?rows={ROWS}&features=8&classes=3&seed=1",
         "data.cache": True, "train.epochs": EPOCHS, "train.scaling.num_workers": workers,
         "tracking.experiment": unique, "tracking.model_name": unique,
-    }, ray_address=platform.ray_address, tracking_uri=platform.tracking_uri, storage_uri=platform.storage_uri)
+    }, platform=platform)
     shard_passes = [e for e in executions_since(started) if set(operators(e)) == {"Input"}]
     assert len(shard_passes) == workers * splits, shard_passes  # not workers * (2 * EPOCHS + 1)
     assert result.metrics["test_accuracy"] > 0.5

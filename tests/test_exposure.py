@@ -31,7 +31,7 @@ def endpoint(platform: rayline.Platform, small_model: rayline.PipelineResult,
     """One deployed service, so that Serve's ingress (HAProxy by default) and a replica are running."""
     spec = rayline.ServiceSpec(name="exposure", model=f"models:/{SERVE_MODEL}@champion", port=serve_port,
                                autoscaling={"min_replicas": 1, "max_replicas": 1}, resources={"num_cpus": 0.5})
-    yield rayline.serve(spec, ray_address=platform.ray_address, tracking_uri=platform.tracking_uri)
+    yield rayline.serve(spec, platform=platform)
     delete_applications(platform)
 
 

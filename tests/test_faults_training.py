@@ -48,8 +48,7 @@ def _overrides(tmp_path: Path, platform: rayline.Platform, unique: str, fault: s
 
 
 def _run(platform: rayline.Platform, overrides: dict[str, Any]) -> rayline.PipelineResult:
-    return rayline.run(PIPELINES / "digits.yaml", overrides, ray_address=platform.ray_address,
-                       tracking_uri=platform.tracking_uri, storage_uri=platform.storage_uri)
+    return rayline.run(PIPELINES / "digits.yaml", overrides, platform=platform)
 
 
 def _nothing_registered(mlflow_client, unique: str) -> None:

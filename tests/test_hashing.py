@@ -134,7 +134,7 @@ def test_batch_inference_predicts_as_training_did(hashed_run, platform: rayline.
     name, _, _ = hashed_run
     requests.to_parquet(tmp_path / "in.parquet")
     rayline.predict(f"models:/{name}/1", str(tmp_path / "in.parquet"), str(tmp_path / "out"),
-                    ray_address=platform.ray_address, tracking_uri=platform.tracking_uri)
+                    platform=platform)
     out = pd.read_parquet(tmp_path / "out")
     def rows(frame: pd.DataFrame) -> list[tuple]:
         return list(frame[["k", "f", "flag", "city"]].fillna({"f": -1.0, "city": "~"}).itertuples(index=False))
@@ -149,7 +149,7 @@ def endpoint(hashed_run, platform: rayline.Platform, serve_port: int) -> Iterato
     name, _, _ = hashed_run
     spec = rayline.ServiceSpec(name="hashed", model=f"models:/{name}/1", port=serve_port,
                                autoscaling={"min_replicas": 1, "max_replicas": 1}, resources={"num_cpus": 0.5})
-    yield rayline.serve(spec, ray_address=platform.ray_address, tracking_uri=platform.tracking_uri)
+    yield rayline.serve(spec, platform=platform)
     delete_applications(platform)
 
 
@@ -215,8 +215,7 @@ def test_a_keyed_hash_without_a_key_is_refused_unless_the_spec_says_keyed_false(
     monkeypatch.delenv(KEY_FILE_ENV, raising=False)
     spec = rayline.load_spec(PIPELINES / "tabular.yaml", [f"tracking.experiment={unique}"])
     with pytest.raises(rayline.SpecError) as caught:
-        rayline.run(spec, ray_address=platform.ray_address, tracking_uri=platform.tracking_uri,
-                    storage_uri=platform.storage_uri)
+        rayline.run(spec, platform=platform)
     assert caught.value.field == "preprocess.4.keyed"
     assert KEY_ENV in caught.value.message and "keyed: false" in caught.value.message
     assert mlflow_client.get_experiment_by_name(unique) is None

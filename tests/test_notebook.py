@@ -102,4 +102,4 @@ def test_quickstart_runs_top_to_bottom_in_a_kernel(platform: rayline.Platform, s
     assert probe["http"] == probe["handle"]
     assert sum(p == label for p, label in zip(probe["http"], probe["labels"], strict=True)) >= len(probe["labels"]) - 1
     # ... and its service is gone.
-    assert unique not in rayline.serve_status(ray_address=platform.ray_address, tracking_uri=platform.tracking_uri)
+    assert unique not in rayline.serve_status(platform=platform)

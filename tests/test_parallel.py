@@ -32,8 +32,7 @@ def _overrides(name: str, model: dict[str, Any] = MLP, **train: Any) -> dict[str
 
 
 def _run(platform: rayline.Platform, name: str, model: dict[str, Any] = MLP, **train: Any) -> rayline.PipelineResult:
-    return rayline.run(PIPELINES / "digits.yaml", _overrides(name, model, **train), ray_address=platform.ray_address,
-                       tracking_uri=platform.tracking_uri, storage_uri=platform.storage_uri)
+    return rayline.run(PIPELINES / "digits.yaml", _overrides(name, model, **train), platform=platform)
 
 
 def _history(mlflow_client, run_id: str, metric: str) -> list[float]:

@@ -22,8 +22,7 @@ def champion(platform: rayline.Platform, model_name: str) -> rayline.PipelineRes
     """pipelines/digits.yaml as shipped (2 DDP workers), registered under a test model name."""
     return rayline.run(PIPELINES / "digits.yaml",
                        {"tracking.model_name": model_name, "tracking.experiment": "digits-test"},
-                       ray_address=platform.ray_address, tracking_uri=platform.tracking_uri,
-                       storage_uri=platform.storage_uri)
+                       platform=platform)
 
 
 def test_two_worker_ddp_run_reaches_the_bar(champion: rayline.PipelineResult) -> None:
@@ -71,7 +70,7 @@ def test_worse_model_does_not_take_the_alias(champion: rayline.PipelineResult, p
     worse = rayline.run(PIPELINES / "digits.yaml", {
         "tracking.model_name": model_name, "tracking.experiment": "digits-test",
         "train.epochs": 1, "train.lr": 1e-5, "train.scaling.num_workers": 1,
-    }, ray_address=platform.ray_address, tracking_uri=platform.tracking_uri, storage_uri=platform.storage_uri)
+    }, platform=platform)
     assert worse.metrics["test_accuracy"] < champion.metrics["test_accuracy"]
     assert not worse.promotion.promoted
     assert int(worse.model_version) == int(champion.model_version) + 1

@@ -349,7 +349,7 @@ def test_a_second_spec_asking_for_another_port_is_refused(platform: rayline.Plat
     spec = rayline.ServiceSpec(name="elsewhere", route_prefix="/elsewhere", model=f"models:/{MODEL}@champion",
                                port=free_port())
     with pytest.raises(rayline.SpecError) as refused:
-        rayline.serve(spec, ray_address=platform.ray_address, tracking_uri=platform.tracking_uri)
+        rayline.serve(spec, platform=platform)
     assert refused.value.field == "port" and str(serve_port) in str(refused.value)
     from ray import serve
 
@@ -364,7 +364,7 @@ def test_a_lone_request_does_not_wait_out_the_batch_timeout(platform: rayline.Pl
     spec = rayline.ServiceSpec(name="patient", route_prefix="/patient", model=f"models:/{MODEL}@champion",
                                port=serve_port, batching={"max_batch_size": 32, "batch_wait_timeout_s": 3.0},
                                autoscaling={"min_replicas": 1, "max_replicas": 1}, resources={"num_cpus": 0.5})
-    endpoint = rayline.serve(spec, ray_address=platform.ray_address, tracking_uri=platform.tracking_uri)
+    endpoint = rayline.serve(spec, platform=platform)
     body = {"instances": rows.head(1).to_dict(orient="records")}
     try:
         with httpx.Client(base_url=endpoint.url, timeout=60) as http:
@@ -423,7 +423,7 @@ def second(platform: rayline.Platform, registered: rayline.PipelineResult) -> ra
     trained = rayline.run(PIPELINES / "digits.yaml", {
         "model": {"name": "mlp", "params": {"hidden": [16]}}, "train.epochs": 1, "train.lr": 1e-4,
         "train.scaling.num_workers": 1, "tracking.experiment": MODEL, "tracking.model_name": MODEL,
-    }, ray_address=platform.ray_address, tracking_uri=platform.tracking_uri, storage_uri=platform.storage_uri)
+    }, platform=platform)
     assert not trained.promotion.promoted
     return trained
 
@@ -473,7 +473,7 @@ def test_canary_split_answers_from_both_versions_with_per_version_metrics(
         name="canary", route_prefix="/canary", model=f"models:/{MODEL}/{registered.model_version}", port=serve_port,
         canary={"model": f"models:/{MODEL}/{second.model_version}", "traffic_percent": 30},
         autoscaling={"min_replicas": 1, "max_replicas": 1}, resources={"num_cpus": 0.5})
-    endpoint = rayline.serve(spec, ray_address=platform.ray_address, tracking_uri=platform.tracking_uri)
+    endpoint = rayline.serve(spec, platform=platform)
     with httpx.Client(base_url=endpoint.url, timeout=60) as http:
         wait_until(lambda: http.get("/readyz").status_code == 200, 120, "the canary application")
         assert http.get("/readyz").json()["canary"] == {"version": second.model_version, "traffic_percent": 30}

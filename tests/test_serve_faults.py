@@ -127,7 +127,7 @@ def body() -> dict:
 def _serve(platform: rayline.Platform, port: int, name: str, model: str, **fields) -> rayline.Endpoint:
     spec = rayline.ServiceSpec(name=name, route_prefix=f"/{name}", model=model, port=port,
                                resources={"num_cpus": 0.25}, **fields)
-    return rayline.serve(spec, ray_address=platform.ray_address, tracking_uri=platform.tracking_uri)
+    return rayline.serve(spec, platform=platform)
 
 
 def test_a_model_that_cannot_be_loaded_fails_the_deploy_with_its_reason(
@@ -143,7 +143,7 @@ def test_a_model_that_cannot_be_loaded_fails_the_deploy_with_its_reason(
     message = str(failed.value)
     assert f"models:/{faults.name}/{faults.broken} cannot be loaded" in message and WEIGHTS in message, message
     assert "failed to deploy" in message
-    status = rayline.serve_status(ray_address=platform.ray_address, tracking_uri=platform.tracking_uri)
+    status = rayline.serve_status(platform=platform)
     assert status["unloadable"]["status"] == "DEPLOY_FAILED" and WEIGHTS in status["unloadable"]["reason"]
     started = time.monotonic()
     answer = httpx.post(f"http://127.0.0.1:{serve_port}/unloadable/v1/models/{faults.name}/predict", json=body,
@@ -236,7 +236,7 @@ def _kill_a_replica_under_load(platform: rayline.Platform, port: int, faults: Si
         stop.set()
         for worker in workers:
             worker.join()
-        rayline.shutdown(name, ray_address=platform.ray_address, tracking_uri=platform.tracking_uri)
+        rayline.shutdown(name, platform=platform)
     return pd.DataFrame(log, columns=["started", "ended", "ok", "error"]), killed_at
 
 

@@ -31,7 +31,7 @@ def body() -> dict:
 def _deploy(platform: rayline.Platform, port: int, name: str, **fields) -> rayline.Endpoint:
     spec = rayline.ServiceSpec(name=name, route_prefix=f"/{name}", model=f"models:/{SERVE_MODEL}@champion",
                                port=port, resources={"num_cpus": 0.25}, **fields)
-    return rayline.serve(spec, ray_address=platform.ray_address, tracking_uri=platform.tracking_uri)
+    return rayline.serve(spec, platform=platform)
 
 
 def _replicas(name: str) -> int:

@@ -36,8 +36,7 @@ def sweep(platform: rayline.Platform, tmp_path_factory: pytest.TempPathFactory) 
         "scheduler": {"type": "asha", "grace_period": 1, "reduction_factor": 2},
         "metric": "val_accuracy", "mode": "max", "num_samples": 1,
     }))
-    result = rayline.tune(spec, ray_address=platform.ray_address, tracking_uri=platform.tracking_uri,
-                          storage_uri=platform.storage_uri)
+    result = rayline.tune(spec, platform=platform)
     return result, name
 
 
@@ -91,8 +90,7 @@ def test_a_tuned_data_field_is_refused(platform: rayline.Platform, tmp_path: Pat
         "name": "bad", "pipeline": str(PIPELINES / "digits.yaml"),
         "search_space": {"data.split.seed": "choice([1, 2])"}, "num_samples": 1}))
     with pytest.raises(rayline.SpecError, match="prepared once"):
-        rayline.tune(spec, ray_address=platform.ray_address, tracking_uri=platform.tracking_uri,
-                     storage_uri=platform.storage_uri)
+        rayline.tune(spec, platform=platform)
 
 
 def _sweep_file(tmp_path: Path, name: str, model: dict, search_space: dict, workers: int = 1, epochs: int = 3,
@@ -111,8 +109,7 @@ def test_a_trial_whose_loss_goes_nan_is_stopped_and_marked(platform: rayline.Pla
     name = f"t{tmp_path.name[-8:]}"
     spec = _sweep_file(tmp_path, name, {"name": "fault_models:NanFromEpochMLP", "params": {"hidden": [32]}},
                        {"model.params.nan_from_epoch": "grid([1, 99])"})
-    result = rayline.tune(spec, ray_address=platform.ray_address, tracking_uri=platform.tracking_uri,
-                          storage_uri=platform.storage_uri)
+    result = rayline.tune(spec, platform=platform)
     runs = {int(run.data.params["model.params.nan_from_epoch"]): run for run in mlflow_client.search_runs(
         [mlflow_client.get_experiment_by_name(name).experiment_id], "tags.`rayline.trial` != ''")}
     assert runs[1].info.status == "KILLED" and runs[1].data.tags["rayline.stopped"] == "train_loss is not finite"
@@ -129,8 +126,7 @@ def test_the_best_trial_that_finished_is_published_and_the_skipped_ones_are_list
     spec = _sweep_file(tmp_path, name, {"name": "fault_models:FailsAtTestMLP", "params": {"hidden": [32]}},
                        {"model.params.fail_at_test": "grid([1, 0])"}, epochs=2,
                        overrides={"train.max_failures": 0}, metric="val_accuracy", mode="max")
-    result = rayline.tune(spec, ray_address=platform.ray_address, tracking_uri=platform.tracking_uri,
-                          storage_uri=platform.storage_uri)
+    result = rayline.tune(spec, platform=platform)
     assert result.best.config == {"model.params.fail_at_test": 0}
     runs = {run.data.params["model.params.fail_at_test"]: run for run in mlflow_client.search_runs(
         [mlflow_client.get_experiment_by_name(name).experiment_id], "tags.`rayline.trial` != ''")}
@@ -151,8 +147,7 @@ def test_a_trial_whose_worker_crashes_restores_from_its_checkpoint(platform: ray
         "hidden": [32]}}
     spec = _sweep_file(tmp_path, name, model, {"train.lr": "grid([0.01, 0.003])"}, workers=2,
                        max_concurrent_trials=1)
-    rayline.tune(spec, ray_address=platform.ray_address, tracking_uri=platform.tracking_uri,
-                 storage_uri=platform.storage_uri)
+    rayline.tune(spec, platform=platform)
     assert (tmp_path / "fault").read_text().startswith("kill ")  # one trial's rank 1 really died
     runs = mlflow_client.search_runs([mlflow_client.get_experiment_by_name(name).experiment_id],
                                      "tags.`rayline.trial` != ''")
@@ -174,8 +169,7 @@ def test_pbt_copies_the_better_trials_checkpoint_into_the_weaker_one(platform: r
     spec = _sweep_file(tmp_path, name, model,
                        {"train.lr": "grid([0.01, 1e-5])", "train.weight_decay": "uniform(0, 1e-6)"},
                        scheduler={"type": "pbt", "perturbation_interval": 2}, seed=0, epochs=10)
-    result = rayline.tune(spec, ray_address=platform.ray_address, tracking_uri=platform.tracking_uri,
-                          storage_uri=platform.storage_uri)
+    result = rayline.tune(spec, platform=platform)
     runs = {float(run.data.params["train.lr"]): run for run in mlflow_client.search_runs(
         [mlflow_client.get_experiment_by_name(name).experiment_id], "tags.`rayline.trial` != ''")}
     assert sorted(runs) == [1e-5, 0.01] and all(run.info.status == "FINISHED" for run in runs.values())
@@ -273,7 +267,6 @@ def test_a_trial_that_can_never_be_placed_is_refused_before_the_sweep(platform: 
     name = f"t{tmp_path.name[-8:]}"
     spec = _sweep_file(tmp_path, name, {"name": "mlp"}, {"train.scaling.num_workers": "choice([1, 64])"})
     with pytest.raises(rayline.SpecError, match="never fit") as caught:
-        rayline.tune(spec, ray_address=platform.ray_address, tracking_uri=platform.tracking_uri,
-                     storage_uri=platform.storage_uri)
+        rayline.tune(spec, platform=platform)
     assert caught.value.field == "train.scaling.num_workers"
     assert mlflow_client.get_experiment_by_name(name) is None  # nothing started, nothing logged

@@ -43,6 +43,7 @@ def run(
     spec: str | Path | PipelineSpec,
     overrides: Overrides = None,
     *,
+    platform: Platform | None = None,
     ray_address: str | None = None,
     tracking_uri: str | None = None,
     storage_uri: str | None = None,
@@ -54,21 +55,23 @@ def run(
 ) -> PipelineResult:
     """Run a pipeline spec end to end and return its result.
 
-    With no addresses (arguments or ``RAY_ADDRESS`` / ``MLFLOW_TRACKING_URI``), the embedded local
-    platform in ``state_dir`` is started or reused. ``progress(stage, message)`` receives progress lines;
+    Where it runs: ``platform`` (from :func:`up` or :func:`connect`), else the addresses (arguments, then
+    ``RAY_ADDRESS`` / ``MLFLOW_TRACKING_URI`` / ``RAYLINE_STORAGE``), else the embedded local platform in ``state_dir``,
+    started or reused; the same for every function here. ``progress(stage, message)`` receives progress lines;
     ``verbose`` streams Ray's worker logs. ``run_name`` names the run: running again under the same name after
     a failure resumes its training from the last checkpoint (a finished run's name is refused). ``tags`` go on the
     MLflow run.
     """
     loaded = with_overrides(spec, overrides) if isinstance(spec, PipelineSpec) else load_spec(spec, overrides)
-    platform = connect(ray_address, tracking_uri, storage_uri, state_dir)
-    return _run_pipeline(loaded, platform, progress, verbose, run_name, tags)
+    where = platform or connect(ray_address, tracking_uri, storage_uri, state_dir)
+    return _run_pipeline(loaded, where, progress, verbose, run_name, tags)
 
 
 def tune(
     spec: str | Path | SweepSpec,
     overrides: Overrides = None,
     *,
+    platform: Platform | None = None,
     ray_address: str | None = None,
     tracking_uri: str | None = None,
     storage_uri: str | None = None,
@@ -81,7 +84,8 @@ def tune(
     row per trial; ``result.best`` holds the best config, its metrics and the model URI. ``resume`` continues this
     sweep's latest interrupted run without re-running its finished trials."""
     loaded = spec if isinstance(spec, SweepSpec) else load_sweep_spec(spec, overrides)
-    return run_sweep(loaded, connect(ray_address, tracking_uri, storage_uri, state_dir), progress, resume)
+    where = platform or connect(ray_address, tracking_uri, storage_uri, state_dir)
+    return run_sweep(loaded, where, progress, resume)
 
 
 def submit(
@@ -134,13 +138,14 @@ def serve(
     spec: str | Path | ServiceSpec,
     overrides: Overrides = None,
     *,
+    platform: Platform | None = None,
     ray_address: str | None = None,
     tracking_uri: str | None = None,
     state_dir: str | Path = DEFAULT_STATE_DIR,
 ) -> Endpoint:
     """Deploy (or update) a service spec on Ray Serve and return its endpoint (``.url``, ``.predict(rows)``)."""
     loaded = spec if isinstance(spec, ServiceSpec) else load_service_spec(spec, overrides)
-    return _deploy(loaded, connect(ray_address, tracking_uri, None, state_dir, needs_storage=False))
+    return _deploy(loaded, platform or _serving(ray_address, tracking_uri, state_dir))
 
 
 def export_service(spec: str | Path | ServiceSpec, overrides: Overrides = None, *,
@@ -151,20 +156,20 @@ def export_service(spec: str | Path | ServiceSpec, overrides: Overrides = None, 
     return write_serve_config(load_service_spec(spec, overrides), str(spec), tracking_uri)
 
 
-def serve_status(*, ray_address: str | None = None, tracking_uri: str | None = None,
-                 state_dir: str | Path = DEFAULT_STATE_DIR) -> dict[str, object]:
+def serve_status(*, platform: Platform | None = None, ray_address: str | None = None,
+                 tracking_uri: str | None = None, state_dir: str | Path = DEFAULT_STATE_DIR) -> dict[str, object]:
     """Serve's view of the applications on the cluster: status, route prefix and deployments."""
-    return _serve_status(connect(ray_address, tracking_uri, None, state_dir, needs_storage=False))
+    return _serve_status(platform or _serving(ray_address, tracking_uri, state_dir))
 
 
-def shutdown(name: str | None = None, *, ray_address: str | None = None, tracking_uri: str | None = None,
-             state_dir: str | Path = DEFAULT_STATE_DIR) -> None:
+def shutdown(name: str | None = None, *, platform: Platform | None = None, ray_address: str | None = None,
+             tracking_uri: str | None = None, state_dir: str | Path = DEFAULT_STATE_DIR) -> None:
     """Delete one served application, or stop Serve entirely (``name=None``)."""
-    _shutdown(connect(ray_address, tracking_uri, None, state_dir, needs_storage=False), name)
+    _shutdown(platform or _serving(ray_address, tracking_uri, state_dir), name)
 
 
 def predict(model: str | ModelUri, input_uri: str, output_uri: str, *, actors: int = 1,
-            ray_address: str | None = None, tracking_uri: str | None = None,
+            platform: Platform | None = None, ray_address: str | None = None, tracking_uri: str | None = None,
             state_dir: str | Path = DEFAULT_STATE_DIR) -> BatchPrediction:
     """Batch inference: ``model`` (``models:/name@alias`` or ``models:/name/3``) over a CSV/Parquet dataset
     with Ray Data, written as Parquet to ``output_uri``."""
@@ -172,8 +177,13 @@ def predict(model: str | ModelUri, input_uri: str, output_uri: str, *, actors: i
         uri = ModelUri.parse(model)
     except ValueError as err:
         raise SpecError(str(err), field="--model") from None
-    platform = connect(ray_address, tracking_uri, None, state_dir, needs_storage=False)
-    return predict_batch(platform, uri, input_uri, output_uri, actors=actors)
+    return predict_batch(platform or _serving(ray_address, tracking_uri, state_dir), uri, input_uri, output_uri,
+                         actors=actors)
+
+
+def _serving(ray_address: str | None, tracking_uri: str | None, state_dir: str | Path) -> Platform:
+    """The platform for serving and inference, which need no storage."""
+    return connect(ray_address, tracking_uri, None, state_dir, needs_storage=False)
 
 
 def promote(name: str, version: str | int, alias: str = "champion", *, tracking_uri: str | None = None,
