@@ -19,8 +19,8 @@ os.environ.setdefault("RAY_AUTH_MODE", "token")
 # rayline prints its own summary with the run's URL.
 os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 # MLflow's usage telemetry stays off: the platform does not phone home, and where it cannot (no network), the
-# telemetry thread gives up by deleting an environment variable while requests iterates os.environ, failing a
-# concurrent MLflow call with KeyError('_MLFLOW_TELEMETRY_SESSION_ID') (seen in sweeps' trial actors).
+# telemetry thread gives up by deleting an environment variable while requests iterates os.environ, which fails a
+# concurrent MLflow call with KeyError('_MLFLOW_TELEMETRY_SESSION_ID').
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 if TYPE_CHECKING:

@@ -83,24 +83,16 @@ def _loopback_haproxy(state_dir: Path) -> str:
 
 
 def _ray_env(state_dir: Path, tracking_uri: str, ingress: str, ray_port: int) -> dict[str, str]:
-    """The environment of ``ray start``, which every Ray process inherits.
+    """The environment of ``ray start``, which every Ray process inherits:
 
-    ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` keeps the node's IP on loopback: otherwise ``ray start`` replaces
-    ``--node-ip-address=127.0.0.1`` by the machine's address (``services.resolve_ip_for_localhost``), and
-    GCS, raylet, workers, agents and metrics servers, which bind loopback only when the node IP is loopback,
-    listen on every interface. The platform is a single node, which is all that setting gives up.
-    ``MLFLOW_TRACKING_URI``: Serve configs deployed with Ray's own CLI find the registry.
-    ``MLFLOW_DISABLE_TELEMETRY``: see ``rayline/__init__.py``; here for processes that import MLflow first.
-    ``RAYLINE_STORAGE``: a job submitted with ``ray job submit`` keeps its checkpoints and sweep state in the
-    platform's storage, not in its own working directory.
-    MLflow's credentials (``MLFLOW_TRACKING_USERNAME`` / ``MLFLOW_TRACKING_PASSWORD``), when set, come with this
-    process's environment: Ray Train's controller, Tune's trials, Ray Data actors and Serve replicas reach an
-    authenticating tracking server with them. (Not through a job's runtime_env: Ray's runtime-env agent writes
-    its env_vars, in clear, to the session's logs.)
-    ``RAY_ADDRESS``: Ray's own code inside the cluster that finds its cluster by scanning the machine (Ray
-    Train's PlacementGroupCleaner, through the state API) fails when another Ray instance runs there ("Found
-    multiple active Ray instances"); the cleaner's thread then dies, and a finished run's placement group is
-    never removed, so later runs wait forever for its CPUs.
+    - ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``: every Ray listener stays on loopback (otherwise Ray replaces the
+      loopback node address by the machine's, and binds every interface); the platform is one node;
+    - ``MLFLOW_TRACKING_URI`` and ``RAYLINE_STORAGE``: jobs, replicas and Serve configs deployed with Ray's own
+      CLI find the registry and the platform's storage;
+    - ``RAY_ADDRESS``: Ray's code that finds its cluster by scanning the machine (Ray Train's placement-group
+      cleaner) must not stop at another Ray instance there;
+    - MLflow's credentials, when set, come with this process's environment, never through a job's runtime_env
+      (Ray writes that to its logs in clear).
     """
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
            "MLFLOW_TRACKING_URI": tracking_uri, "MLFLOW_DISABLE_TELEMETRY": "true",
@@ -123,7 +115,7 @@ class EmbeddedState:
     num_cpus: int
     state_dir: str
     ingress: str = "proxy"
-    # The tracking server's settings; None in state files written before they existed: the defaults.
+    # The tracking server's settings; None: the default (MlflowSettings.default).
     mlflow_backend: str | None = None
     mlflow_artifacts: str | None = None
     mlflow_auth: bool = False

@@ -176,8 +176,8 @@ def _write_prepared(labelled: ray.data.Dataset, preprocessor: FittedPreprocessor
     """Transform every labelled row once, write the splits as Parquet partitions of bounded files, and open each
     split for streaming."""
     transformed = preprocessor.transform_dataset(labelled, keep=[SPLIT_COLUMN])
-    # Blocks are combined up to the file size before each write: a write per source block left 36 small files
-    # in the training split of 200,000 rows, and so 36 blocks to stream each epoch.
+    # Blocks are combined up to the file size before each write: otherwise every source block writes a small file
+    # of its own, and each epoch streams that many blocks.
     transformed.write_parquet(location, partition_cols=[SPLIT_COLUMN], min_bytes_per_file=PREPARED_FILE_BYTES)
     columns = [FEATURES, preprocessor.label]
     return {name: _read_prepared(f"{location}/{SPLIT_COLUMN}={name}").select_columns(columns) for name in present}
@@ -185,9 +185,8 @@ def _write_prepared(labelled: ray.data.Dataset, preprocessor: FittedPreprocessor
 
 def _read_prepared(uri: str) -> ray.data.Dataset:
     """The prepared files of one split, each read as one block. Ray Data's cost of streaming a pass grows with
-    its blocks, not its rows: 180,000 prepared rows went at 200,000 rows/s as 30 blocks (6 files, each cut in 5 to
-    reach Ray Data's default ``read_op_min_num_blocks``) and at 660,000 rows/s as 6, with 50 ms of read tasks in
-    both."""
+    its blocks, not its rows, and by default it cuts files into more blocks to reach ``read_op_min_num_blocks``:
+    one block per file streams the same rows several times faster (BENCHMARKS.md)."""
     filesystem, path = pafs.FileSystem.from_uri(uri)
     files = data_files(filesystem, filesystem.get_file_info(path), "parquet")
     return read_parquet(uri, partitioning=None, override_num_blocks=max(1, len(files)))

@@ -55,9 +55,9 @@ class SourceInfo:
 def read_parquet(uri: str, **options: Any) -> ray.data.Dataset:
     """``ray.data.read_parquet`` through Ray Data's first Parquet datasource.
 
-    Ray 2.60 routes Parquet through its new datasource by default, whose file-listing task took 2.7 s of wall
-    time (60 ms of CPU) per execution here, for a few files: once per epoch for streamed splits. The first
-    datasource read the same files in 0.2 s."""
+    Ray 2.60's default Parquet datasource lists the files in a task of its own on every execution, which takes
+    seconds of wall time however few the files: once per epoch for a streamed split. The first datasource lists
+    them in a fraction of that."""
     context = ray.data.DataContext.get_current()
     chosen, context.use_datasource_v2 = context.use_datasource_v2, False
     try:
