@@ -85,7 +85,7 @@ def main(workdir: Path, tracking_uri: str, name: str) -> dict[str, Any]:
             "train.checkpoint_every": 1, "train.strategy": "fsdp", "train.scaling.num_workers": WORKER_NODES,
             "train.scaling.resources_per_worker": {"CPU": 1, SLOT: 1}, "train.scaling.placement": "spread",
             "tracking.experiment": name, "tracking.model_name": name,
-        }, ray_address=cluster.address, tracking_uri=tracking_uri, storage_uri=str(storage),
+        }, platform=rayline.Platform(cluster.address, tracking_uri, str(storage)),
             progress=lambda stage, message: progress.append(f"{stage}: {message}"))
         pipeline_s = time.perf_counter() - started - cluster_s
         digits = load_digits(as_frame=True).frame.head(ROWS)

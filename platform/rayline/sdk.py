@@ -43,40 +43,29 @@ def run(
     spec: str | Path | PipelineSpec,
     overrides: Overrides = None,
     *,
-    platform: Platform | None = None,
-    ray_address: str | None = None,
-    tracking_uri: str | None = None,
-    storage_uri: str | None = None,
-    state_dir: str | Path = DEFAULT_STATE_DIR,
-    progress: Progress | None = None,
+    platform: Platform | None = None, state_dir: str | Path = DEFAULT_STATE_DIR, progress: Progress | None = None,
     verbose: bool = False,
     run_name: str | None = None,
     tags: Mapping[str, str] | None = None,
 ) -> PipelineResult:
     """Run a pipeline spec end to end and return its result.
 
-    Where it runs: ``platform`` (from :func:`up` or :func:`connect`), else the addresses (arguments, then
-    ``RAY_ADDRESS`` / ``MLFLOW_TRACKING_URI`` / ``RAYLINE_STORAGE``), else the embedded local platform in ``state_dir``,
-    started or reused; the same for every function here. ``progress(stage, message)`` receives progress lines;
-    ``verbose`` streams Ray's worker logs. ``run_name`` names the run: running again under the same name after
-    a failure resumes its training from the last checkpoint (a finished run's name is refused). ``tags`` go on the
-    MLflow run.
+    Where it runs: ``platform`` (from :func:`up`, or :func:`connect` with the addresses of an existing cluster and
+    tracking server), else ``RAY_ADDRESS`` / ``MLFLOW_TRACKING_URI`` / ``RAYLINE_STORAGE``, else the embedded local
+    platform in ``state_dir``, started or reused; the same for every function here that runs on a cluster.
+    ``progress(stage, message)`` receives progress lines; ``verbose`` streams Ray's worker logs. ``run_name`` names
+    the run: running again under the same name after a failure resumes its training from the last checkpoint (a
+    finished run's name is refused). ``tags`` go on the MLflow run.
     """
     loaded = with_overrides(spec, overrides) if isinstance(spec, PipelineSpec) else load_spec(spec, overrides)
-    where = platform or connect(ray_address, tracking_uri, storage_uri, state_dir)
-    return _run_pipeline(loaded, where, progress, verbose, run_name, tags)
+    return _run_pipeline(loaded, platform or connect(state_dir=state_dir), progress, verbose, run_name, tags)
 
 
 def tune(
     spec: str | Path | SweepSpec,
     overrides: Overrides = None,
     *,
-    platform: Platform | None = None,
-    ray_address: str | None = None,
-    tracking_uri: str | None = None,
-    storage_uri: str | None = None,
-    state_dir: str | Path = DEFAULT_STATE_DIR,
-    progress: Progress | None = None,
+    platform: Platform | None = None, state_dir: str | Path = DEFAULT_STATE_DIR, progress: Progress | None = None,
     resume: bool = False,
 ) -> SweepResult:
     """Run a sweep spec (``tuning/*.yaml``): Ray Tune over the pipeline it names, one nested MLflow run per
@@ -84,8 +73,7 @@ def tune(
     row per trial; ``result.best`` holds the best config, its metrics and the model URI. ``resume`` continues this
     sweep's latest interrupted run without re-running its finished trials."""
     loaded = spec if isinstance(spec, SweepSpec) else load_sweep_spec(spec, overrides)
-    where = platform or connect(ray_address, tracking_uri, storage_uri, state_dir)
-    return run_sweep(loaded, where, progress, resume)
+    return run_sweep(loaded, platform or connect(state_dir=state_dir), progress, resume)
 
 
 def submit(
@@ -139,13 +127,11 @@ def serve(
     overrides: Overrides = None,
     *,
     platform: Platform | None = None,
-    ray_address: str | None = None,
-    tracking_uri: str | None = None,
     state_dir: str | Path = DEFAULT_STATE_DIR,
 ) -> Endpoint:
     """Deploy (or update) a service spec on Ray Serve and return its endpoint (``.url``, ``.predict(rows)``)."""
     loaded = spec if isinstance(spec, ServiceSpec) else load_service_spec(spec, overrides)
-    return _deploy(loaded, platform or _serving(ray_address, tracking_uri, state_dir))
+    return _deploy(loaded, platform or _serving(state_dir))
 
 
 def export_service(spec: str | Path | ServiceSpec, overrides: Overrides = None, *,
@@ -156,34 +142,31 @@ def export_service(spec: str | Path | ServiceSpec, overrides: Overrides = None, 
     return write_serve_config(load_service_spec(spec, overrides), str(spec), tracking_uri)
 
 
-def serve_status(*, platform: Platform | None = None, ray_address: str | None = None,
-                 tracking_uri: str | None = None, state_dir: str | Path = DEFAULT_STATE_DIR) -> dict[str, object]:
+def serve_status(*, platform: Platform | None = None, state_dir: str | Path = DEFAULT_STATE_DIR) -> dict[str, object]:
     """Serve's view of the applications on the cluster: status, route prefix and deployments."""
-    return _serve_status(platform or _serving(ray_address, tracking_uri, state_dir))
+    return _serve_status(platform or _serving(state_dir))
 
 
-def shutdown(name: str | None = None, *, platform: Platform | None = None, ray_address: str | None = None,
-             tracking_uri: str | None = None, state_dir: str | Path = DEFAULT_STATE_DIR) -> None:
+def shutdown(name: str | None = None, *, platform: Platform | None = None,
+             state_dir: str | Path = DEFAULT_STATE_DIR) -> None:
     """Delete one served application, or stop Serve entirely (``name=None``)."""
-    _shutdown(platform or _serving(ray_address, tracking_uri, state_dir), name)
+    _shutdown(platform or _serving(state_dir), name)
 
 
 def predict(model: str | ModelUri, input_uri: str, output_uri: str, *, actors: int = 1,
-            platform: Platform | None = None, ray_address: str | None = None, tracking_uri: str | None = None,
-            state_dir: str | Path = DEFAULT_STATE_DIR) -> BatchPrediction:
+            platform: Platform | None = None, state_dir: str | Path = DEFAULT_STATE_DIR) -> BatchPrediction:
     """Batch inference: ``model`` (``models:/name@alias`` or ``models:/name/3``) over a CSV/Parquet dataset
     with Ray Data, written as Parquet to ``output_uri``."""
     try:
         uri = ModelUri.parse(model)
     except ValueError as err:
         raise SpecError(str(err), field="--model") from None
-    return predict_batch(platform or _serving(ray_address, tracking_uri, state_dir), uri, input_uri, output_uri,
-                         actors=actors)
+    return predict_batch(platform or _serving(state_dir), uri, input_uri, output_uri, actors=actors)
 
 
-def _serving(ray_address: str | None, tracking_uri: str | None, state_dir: str | Path) -> Platform:
-    """The platform for serving and inference, which need no storage."""
-    return connect(ray_address, tracking_uri, None, state_dir, needs_storage=False)
+def _serving(state_dir: str | Path) -> Platform:
+    """The platform for serving and inference (from the environment, or the embedded one), which need no storage."""
+    return connect(state_dir=state_dir, needs_storage=False)
 
 
 def promote(name: str, version: str | int, alias: str = "champion", *, tracking_uri: str | None = None,

@@ -29,6 +29,12 @@ Storage = Annotated[str | None, typer.Option(envvar="RAYLINE_STORAGE",
 Overrides = Annotated[list[str] | None, typer.Option("--set", help="override a field: a.b=value")]
 RunName = Annotated[str | None, typer.Option(help="name the run: a re-run under the same name resumes its training "
                                              "from the last checkpoint")]
+JobTrackingUri = Annotated[str | None, typer.Option(
+    envvar="MLFLOW_TRACKING_URI", help="the MLflow server the job records into, put in its environment (a plain Ray "
+    "cluster has none; a `rayline up` platform's is used when not given)")]
+JobStorage = Annotated[str | None, typer.Option(
+    envvar="RAYLINE_STORAGE", help="checkpoint/data storage URI every node reaches, put in the job's environment (as "
+    "--tracking-uri)")]
 
 
 def _stage(stage: str, message: str) -> None:
@@ -99,9 +105,7 @@ def _exit_if_the_platform_stops(state_dir: Path, poll_s: float = 1.0) -> None:
 def run(
     spec: Annotated[Path, typer.Argument(help="pipeline spec (YAML)")],
     overrides: Overrides = None,
-    ray_address: RayAddress = None,
-    tracking_uri: TrackingUri = None,
-    storage: Storage = None,
+    ray_address: RayAddress = None, tracking_uri: TrackingUri = None, storage: Storage = None,
     state_dir: StateDir = Path(DEFAULT_STATE_DIR),
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="stream Ray's worker logs")] = False,
     run_name: RunName = None,
@@ -113,9 +117,9 @@ def run(
     with _exit_codes():
         loaded = rayline.load_spec(spec, overrides or [])
         _stage("spec", f"{spec}: pipeline {loaded.name!r}, model {loaded.model.name}")
-        result = rayline.run(loaded, ray_address=ray_address, tracking_uri=tracking_uri, storage_uri=storage,
-                             state_dir=state_dir, progress=_stage, verbose=verbose, run_name=run_name,
-                             tags=_tags(tag))
+        tags = _tags(tag)
+        result = rayline.run(loaded, platform=rayline.connect(ray_address, tracking_uri, storage, state_dir),
+                             progress=_stage, verbose=verbose, run_name=run_name, tags=tags)
     typer.echo("")
     _echo(run_summary(loaded.name, result))
 
@@ -124,16 +128,15 @@ def run(
 def tune_command(
     spec: Annotated[Path, typer.Argument(help="sweep spec (YAML)")],
     overrides: Overrides = None,
-    ray_address: RayAddress = None,
-    tracking_uri: TrackingUri = None,
-    storage: Storage = None,
+    ray_address: RayAddress = None, tracking_uri: TrackingUri = None, storage: Storage = None,
     state_dir: StateDir = Path(DEFAULT_STATE_DIR),
     resume: Annotated[bool, typer.Option("--resume", help="continue this sweep's latest interrupted run")] = False,
 ) -> None:
     """Run a sweep: Ray Tune trials of a pipeline, nested MLflow runs, the best model registered."""
     with _exit_codes():
-        result = rayline.tune(spec, overrides or [], ray_address=ray_address, tracking_uri=tracking_uri,
-                              storage_uri=storage, state_dir=state_dir, progress=_stage, resume=resume)
+        loaded = rayline.load_sweep_spec(spec, overrides or [])
+        result = rayline.tune(loaded, platform=rayline.connect(ray_address, tracking_uri, storage, state_dir),
+                              progress=_stage, resume=resume)
     shown = [c for c in result.trials.columns if c.startswith("config/") or c in ("training_iteration", "trial_id")]
     typer.echo("")
     typer.echo(result.trials[shown].to_string(index=False))
@@ -195,22 +198,24 @@ def serve_command(
 ) -> None:
     """Deploy or update a model endpoint on Ray Serve (`rayline serve serving/digits.yaml`), export it as a
     Ray Serve config (`--export`), or show (`status`) or stop (`shutdown`) what is served."""
-    where = {"ray_address": ray_address, "tracking_uri": tracking_uri, "state_dir": state_dir}
+    def platform() -> rayline.Platform:
+        return rayline.connect(ray_address, tracking_uri, None, state_dir, needs_storage=False)
+
     with _exit_codes():
         if export is not None:
             export.write_text(rayline.export_service(target, overrides or [], tracking_uri=tracking_uri))
             typer.echo(f"wrote {export}: RAY_AUTH_MODE=token serve deploy {export} --address <dashboard URL>")
             return
         if target == "status":
-            typer.echo(json.dumps(rayline.serve_status(**where), indent=2))
+            typer.echo(json.dumps(rayline.serve_status(platform=platform()), indent=2))
             return
         if target == "shutdown":
-            rayline.shutdown(name, **where)
+            rayline.shutdown(name, platform=platform())
             typer.echo(f"stopped {name or 'every application'}")
             return
         spec = rayline.load_service_spec(target, overrides or [])
         _stage("serve", f"deploying {spec.model} as {spec.name!r}")
-        endpoint = rayline.serve(spec, **where)
+        endpoint = rayline.serve(spec, platform=platform())
     typer.echo(f"serving {spec.model} at {endpoint.url}")
     typer.echo(f"  predict   POST {endpoint.url}/v1/models/{spec.model_name}/predict")
     typer.echo(f"  MLflow    POST {endpoint.url}/invocations")
@@ -230,8 +235,13 @@ def predict(
 ) -> None:
     """Batch inference: the packaged model over a dataset with Ray Data, written as Parquet."""
     with _exit_codes():
-        done = rayline.predict(model, input_uri, output_uri, actors=actors, ray_address=ray_address,
-                               tracking_uri=tracking_uri, state_dir=state_dir)
+        try:  # refused before any platform starts
+            uri = rayline.ModelUri.parse(model)
+        except SpecError as err:
+            err.field = "--model"
+            raise
+        done = rayline.predict(uri, input_uri, output_uri, actors=actors, platform=rayline.connect(
+            ray_address, tracking_uri, None, state_dir, needs_storage=False))
     typer.echo(f"{done.rows} predictions by {done.model_name} version {done.model_version} -> {done.output}")
 
 
@@ -274,12 +284,8 @@ def submit(
     exclude: Annotated[list[str] | None, typer.Option(help="leave matching files out of the upload (gitignore "
                                                            "syntax)")] = None,
     command: Annotated[str, typer.Option(help="how the cluster's nodes run rayline")] = "rayline",
-    tracking_uri: Annotated[str | None, typer.Option(
-        envvar="MLFLOW_TRACKING_URI", help="the MLflow server the job records into, put in its environment (a "
-        "plain Ray cluster has none; a `rayline up` platform's is used when not given)")] = None,
-    storage: Annotated[str | None, typer.Option(
-        envvar="RAYLINE_STORAGE", help="checkpoint/data storage URI every node reaches, put in the job's "
-        "environment (as --tracking-uri)")] = None,
+    tracking_uri: JobTrackingUri = None,
+    storage: JobStorage = None,
     state_dir: StateDir = Path(DEFAULT_STATE_DIR),
 ) -> None:
     """Run a pipeline on a Ray cluster as a Ray job: upload, stream its log, end with its status and MLflow run."""

@@ -60,14 +60,23 @@ def _is_number(value: Any) -> bool:
 class Domain(Strict):
     """Where a tuned field's values come from, as its Ray Tune domain.
 
-    ``uniform(a, b)``, ``loguniform(a, b)`` (0 < a), ``quniform(a, b, q)``, ``qloguniform(a, b, q)``: a float in
-    [a, b], rounded to a multiple of q for the q-forms; ``randint(a, b)``: an integer in [a, b), b excluded as in
-    Ray Tune; ``choice([v, ...])``: one value at random per trial; ``grid([v, ...])``: every value, each one
-    ``num_samples`` times (Ray Tune's ``grid_search``).
+    A domain is written as a call, ``loguniform(1e-4, 1e-1)`` (its arguments literals only), or as a one-key
+    mapping, ``{loguniform: [1e-4, 1e-1]}``, where ``choice`` and ``grid`` take their list of values
+    (``{choice: [32, 64]}``). The domains:
+
+    - ``uniform(a, b)``, ``loguniform(a, b)`` (0 < a), ``quniform(a, b, q)``, ``qloguniform(a, b, q)``: a float
+      in [a, b], rounded to a multiple of q for the q-forms;
+    - ``randint(a, b)``: an integer in [a, b), b excluded as in Ray Tune;
+    - ``choice([v, ...])``: one value at random per trial;
+    - ``grid([v, ...])``: every value, each one ``num_samples`` times (Ray Tune's ``grid_search``).
+
+    A malformed or empty domain is refused, and so is one whose values the pipeline field refuses (checked on
+    every value of a choice or grid, and on both bounds and the middle of a range).
     """
 
-    kind: DomainKind
-    args: tuple[Any, ...]
+    kind: DomainKind = Field(description="the distribution the values are drawn from")
+    args: tuple[Any, ...] = Field(description="its arguments as written: the bounds (and the step q of the "
+                                  "q-forms), or the one list of values of ``choice`` and ``grid``")
 
     @model_validator(mode="before")
     @classmethod
@@ -117,16 +126,19 @@ class Domain(Strict):
 
 
 class FifoScheduler(Strict):
-    """Every trial runs all ``train.epochs`` epochs."""
+    """No early stopping: every trial runs all ``train.epochs`` epochs."""
 
-    type: Literal["fifo"]
+    type: Literal["fifo"] = Field(description="selects this scheduler")
 
 
 class AshaScheduler(Strict):
-    """Asynchronous successive halving: stops the worse trials at each rung (``max_t`` is ``train.epochs``)."""
+    """Asynchronous successive halving (Ray Tune's ASHA): stops the worse trials at each rung, so the budget goes
+    to the promising ones. Its ``max_t`` is ``train.epochs``, and a trial that reaches it runs its test
+    evaluation."""
 
-    type: Literal["asha"]
-    grace_period: int = Field(1, ge=1, description="epochs every trial runs before it can be stopped")
+    type: Literal["asha"] = Field(description="selects this scheduler")
+    grace_period: int = Field(1, ge=1, description="epochs every trial runs before it can be stopped; at most "
+                              "``train.epochs``")
     reduction_factor: float = Field(2.0, gt=1.0, description="keep the best 1/reduction_factor at each rung")
 
 
@@ -134,45 +146,79 @@ PBT_MUTABLE = ("train.lr", "train.weight_decay", "train.batch_size")  # what a c
 
 
 class PbtScheduler(Strict):
-    """Population-based training: every ``perturbation_interval`` epochs, the worse trials copy a better one's
-    checkpoint and resample some of its hyperparameters."""
+    """Population-based training: every ``perturbation_interval`` epochs, a weaker trial goes on from a better
+    trial's checkpoint, with that trial's config and the mutated paths resampled.
 
-    type: Literal["pbt"]
-    perturbation_interval: int = Field(ge=1, description="epochs between perturbations")
+    Only ``train.lr``, ``train.weight_decay`` and ``train.batch_size`` can be mutated, because a checkpoint fits
+    any value of those. The trial keeps its nested MLflow run; its tags ``rayline.config`` and
+    ``rayline.started_from`` say what it now runs and from which checkpoint (its params keep the first config).
+    A trial's last epoch is never perturbed: it goes on to its test evaluation. When every trial has a slot, no
+    trial is paused at a perturbation; with more trials than run at once, Ray's PBT pauses trials there so the
+    others catch up, and each pause restarts a Train job: keep ``num_samples`` to what runs at once.
+    """
+
+    type: Literal["pbt"] = Field(description="selects this scheduler")
+    perturbation_interval: int = Field(ge=1, description="epochs between perturbations; below ``train.epochs`` and "
+                                       "a multiple of ``train.checkpoint_every``, so that a perturbed trial starts "
+                                       "from the better trial's checkpoint of that epoch")
     hyperparam_mutations: list[str] | None = Field(
         None, min_length=1,
-        description=f"search-space paths resampled on a perturbation, among {', '.join(PBT_MUTABLE)}; default: "
+        description=f"search-space paths resampled on a perturbation, among {', '.join(PBT_MUTABLE)}; unset: "
                     "every one that is not a grid")
 
 
 Scheduler = Annotated[FifoScheduler | AshaScheduler | PbtScheduler, Field(discriminator="type")]
 
 class SweepSpec(SpecFile):
-    """A sweep: trials of one pipeline spec, each with values drawn from the search space.
+    """A sweep (``tuning/*.yaml``): trials of one pipeline spec, each with values drawn from the search space,
+    run with Ray Tune by ``rayline tune``.
 
     The search algorithm is Ray Tune's random/grid one (``BasicVariantGenerator``): ``grid`` domains are
     enumerated, the others sampled, ``num_samples`` times over the grid. Optuna and other searchers are not
     included (they need packages the platform does not install).
+
+    ``rayline.spec.load_sweep_spec()`` checks a sweep against its pipeline before anything runs: a path that is
+    not a pipeline field (with the nearest one), a domain whose values the field refuses, a malformed or empty
+    domain, a metric no trial reports, and scheduler settings that do not fit the epochs are each refused naming
+    their path.
+
+    The pipeline's data is read, split and preprocessed once, and every trial trains on it; each trial is the
+    pipeline's own training, a Ray Train job. The best trial (by the metric's last value) among those that
+    finished their test evaluation is registered through the pipeline's promotion gate.
     """
 
     RELATIVE_PATHS = ("pipeline",)
 
-    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+                      description="the sweep's name: it names the MLflow parent run, and ``--resume`` finds the "
+                                  "sweep's latest unfinished run by it")
     pipeline: str = Field(min_length=1, description="the pipeline spec; a relative path is from the sweep file's "
                                                     "directory")
     overrides: dict[str, Any] = Field(
         default_factory=dict, description="dotted path → value, applied to the pipeline spec before the search "
-        "space (e.g. tracking.experiment, train.epochs)")
-    search_space: dict[str, Domain] = Field(min_length=1, description="dotted pipeline field path → domain")
-    search: Literal["random"] = "random"
-    scheduler: Scheduler = FifoScheduler(type="fifo")
-    metric: str = Field("val_accuracy", description="a metric every trial reports each epoch")
+        "space (e.g. ``tracking.experiment``, ``train.epochs``)")
+    search_space: dict[str, Domain] = Field(
+        min_length=1, description="dotted pipeline field path → domain. ``train.epochs`` is the schedulers' "
+        "``max_t`` and is set in ``overrides`` instead; ``data.*`` and ``preprocess`` cannot be tuned, because "
+        "the data is prepared once and shared by every trial")
+    search: Literal["random"] = Field("random", description="the search algorithm: Ray Tune's variant generator, "
+                                      "which enumerates grid domains and samples the others")
+    scheduler: Scheduler = Field(FifoScheduler(type="fifo"), description="what stops or perturbs trials, selected "
+                                 "by its ``type``: ``fifo``, ``asha`` or ``pbt``")
+    metric: str = Field("val_accuracy", description="the metric the sweep optimises; one every trial reports each "
+                        "epoch (``train_*`` and, with a validation split, ``val_*`` loss and accuracy or rmse, "
+                        "``samples_per_s``, ``epoch_s``, ...)")
     mode: Literal["max", "min"] | None = Field(
-        None, description="default: max for *accuracy, min for *loss and *rmse; required for other metrics")
+        None, description="which direction wins; unset: max for ``*accuracy``, min for ``*loss`` and ``*rmse``; "
+        "required for other metrics")
     num_samples: int = Field(1, ge=1, description="trials sampled (times the grid, if any)")
     seed: int | None = Field(None, description="seeds the sampling: the same seed draws the same configurations")
-    time_budget_s: float | None = Field(None, gt=0, description="the sweep stops every trial after this")
-    max_concurrent_trials: int | None = Field(None, ge=1, description="default: what the cluster can hold")
+    time_budget_s: float | None = Field(None, gt=0, description="wall-clock seconds after which the sweep stops "
+                                        "every trial still running; unset: no limit")
+    max_concurrent_trials: int | None = Field(
+        None, ge=1, description="the most trials at once; unset: what the cluster can hold (its resources, or "
+        "the autoscaler's maximum, over the largest trial's footprint), so trials never wait on each other's "
+        "workers")
 
     @model_validator(mode="after")
     def _consistent(self) -> SweepSpec:
