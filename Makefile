@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint clean down bench-peers
+.PHONY: install demo test test-fast docs lint clean down bench-peers
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,15 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q --durations=15
+
+# Everything but the tests marked slow (fault injection, clusters of their own, job submission): for a quick check.
+test-fast: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q -m "not slow" --durations=15
+
+# docs/spec.md from the spec models (tests/test_docs.py fails when it is stale)
+docs: $(STAMP)
+	$(BIN)/python -m rayline.spec.reference docs/spec.md
 
 # The serving benchmark's LitServe and BentoML peers, in an environment of their own: BentoML pins OpenTelemetry
 # older than the versions Ray and MLflow run with in $(VENV). torch first, for the same reason as above.
