@@ -1,4 +1,5 @@
-"""The split is keyed by the seed for every column type, and a row's split depends only on its content."""
+"""The split is keyed by the seed for every column type, a row's split depends only on its content, and a row
+without a label goes to no split."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from rayline.data.split import SPLIT_COLUMN, _assign
+from rayline.data.split import SPLIT_COLUMN, UNLABELLED, _assign
 from rayline.spec.pipeline import SplitSpec
 
 ROWS = 20_000
@@ -23,7 +24,7 @@ def _mixed() -> pd.DataFrame:
 
 def _splits(frame: pd.DataFrame, seed: int) -> np.ndarray:
     spec = SplitSpec(validation=0.1, test=0.2, seed=seed)
-    return _assign(frame.copy(), spec)[SPLIT_COLUMN].to_numpy()
+    return _assign(frame.copy(), spec, label=frame.columns[-1])[SPLIT_COLUMN].to_numpy()
 
 
 @pytest.mark.parametrize("make", [_numeric, _mixed], ids=["numeric", "with-object-column"])
@@ -47,3 +48,10 @@ def test_a_rows_split_does_not_depend_on_batching_or_order(make) -> None:
     order = np.random.default_rng(3).permutation(ROWS)
     shuffled = frame.iloc[order].reset_index(drop=True)
     assert (_splits(shuffled, 7) == whole[order]).all()
+
+
+def test_a_row_without_a_label_goes_to_no_split() -> None:
+    frame = _numeric().astype({"label": "float64"})
+    frame.loc[[3, 17], "label"] = np.nan
+    assigned = _splits(frame, 7)
+    assert list(np.flatnonzero(assigned == UNLABELLED)) == [3, 17]
