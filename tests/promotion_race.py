@@ -89,10 +89,11 @@ def check(client, name: str, values: list[float], decisions: list[dict]) -> None
 ROUNDS = [[0.70, 0.95, 0.80, 0.90], [0.90, 0.80, 0.70, 0.95], [0.80, 0.70, 0.95, 0.90]]
 
 
-def race_and_check(client, tracking_uri: str, prefix: str, work: Path) -> dict[str, list[float]]:
-    """Three models of four versions each (:data:`ROUNDS`), every model's versions offered at once, then each model
-    checked (:func:`check`); returns the models' names with their versions' values."""
-    rounds = {f"{prefix}-{index}": values for index, values in enumerate(ROUNDS)}
+def race_and_check(client, tracking_uri: str, prefix: str, work: Path, rounds: int = len(ROUNDS)
+                   ) -> dict[str, list[float]]:
+    """``rounds`` models of four versions each (:data:`ROUNDS`), every model's versions offered at once, then each
+    model checked (:func:`check`); returns the models' names with their versions' values."""
+    rounds = {f"{prefix}-{index}": values for index, values in enumerate(ROUNDS[:rounds])}
     for name, values in rounds.items():
         register_versions(client, name, values)
     decisions = race(tracking_uri, {name: offered(values) for name, values in rounds.items()}, work)

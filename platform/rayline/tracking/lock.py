@@ -57,7 +57,8 @@ def _acquire(client: MlflowClient, lock: str, owner: str) -> bool:
                                        description="held while rayline promotes a version of the model; "
                                                    f"safe to delete once {EXPIRES_TAG} has passed")
     except MlflowException as err:
-        if err.error_code == "RESOURCE_ALREADY_EXISTS":
+        # held by another; or released while the server looked up the holder it had collided with
+        if err.error_code in ("RESOURCE_ALREADY_EXISTS", "RESOURCE_DOES_NOT_EXIST"):
             return False
         raise RaylineError(f"promotion stopped: could not take the promotion lock {lock!r} ({err.error_code}: "
                            f"{err.message[:200]}); the alias was not moved") from err
