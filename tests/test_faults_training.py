@@ -25,7 +25,8 @@ from rayline.cluster.embedded import read_state
 from rayline.cluster.processes import http_ok, stop_process_group, wait_until
 from rayline.data import FittedPreprocessor
 from rayline.data.split import SPLITS, assign_splits, select_split
-from rayline.spec.pipeline import MinMaxScale, SplitSpec
+from rayline.spec.pipeline import SplitSpec
+from rayline.spec.preprocess import MinMaxScale
 from rayline.train.fit import TrainingFailed
 
 # Final test metrics of a restored run against an uninjected one: the restored run replays the same epochs on

@@ -7,18 +7,11 @@ from pathlib import Path
 from rayline.spec.base import BUNDLED_PREFIXES, SYNTHETIC_PREFIX
 from rayline.spec.loading import Overrides, load, validate, with_overrides
 from rayline.spec.model_uri import ModelUri
-from rayline.spec.pipeline import (
-    DataSpec,
-    MeshSpec,
-    ModelSpec,
-    PipelineSpec,
-    PreprocessStep,
-    ScalingSpec,
-    TrackingSpec,
-    TrainSpec,
-)
+from rayline.spec.pipeline import DataSpec, ModelSpec, PipelineSpec, TrackingSpec
+from rayline.spec.preprocess import PreprocessStep
 from rayline.spec.service import ServiceSpec
 from rayline.spec.sweep import Domain, SweepSpec, check_metric, load_sweep_spec, resolve_sweep, trial_spec
+from rayline.spec.train import MeshSpec, ScalingSpec, TrainSpec
 
 
 def load_spec(path: str | Path, overrides: Overrides = None) -> PipelineSpec:
