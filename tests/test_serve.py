@@ -44,8 +44,7 @@ def endpoints(platform: rayline.Platform, registered: rayline.PipelineResult, se
     open_spec = rayline.ServiceSpec(name="open", route_prefix="/", **common)
     secure_spec = rayline.ServiceSpec(name="secure", route_prefix="/secure",
                                       auth={"api_keys_env": "SERVE_TEST_KEYS"}, **common)
-    where = {"ray_address": platform.ray_address, "tracking_uri": platform.tracking_uri}
-    yield {"open": rayline.serve(open_spec, **where), "secure": rayline.serve(secure_spec, **where)}
+    yield {"open": rayline.serve(open_spec, platform=platform), "secure": rayline.serve(secure_spec, platform=platform)}
     delete_applications(platform)
 
 
