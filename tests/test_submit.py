@@ -111,8 +111,8 @@ def _stop_once_checkpointed(platform: rayline.Platform, train_run: str, stopped:
     return lambda job_id: threading.Thread(target=stop, args=(job_id,), daemon=True).start()
 
 
-def test_resubmitting_under_the_same_run_name_resumes_from_the_last_checkpoint(platform: rayline.Platform,
-                                                                              tmp_path: Path, mlflow_client) -> None:
+def test_resubmitting_under_the_same_run_name_resumes_from_the_last_checkpoint(
+        platform: rayline.Platform, state_dir: Path, tmp_path: Path, mlflow_client) -> None:
     name = f"r{tmp_path.name[-8:]}"
     root = _job_dir(tmp_path)
     overrides = ["train.epochs=4", "train.checkpoint_every=1", "train.scaling.num_workers=1",
@@ -120,13 +120,13 @@ def test_resubmitting_under_the_same_run_name_resumes_from_the_last_checkpoint(p
                  f"tracking.experiment={name}", f"tracking.model_name={name}"]
     stopped: list[str] = []
     first = rayline.submit(root / "pipelines" / "digits.yaml", overrides, address=platform.dashboard_url,
-                           working_dir=root, run_name="nightly", command=str(BIN / "rayline"),
+                           working_dir=root, run_name="nightly", command=str(BIN / "rayline"), state_dir=state_dir,
                            on_submitted=_stop_once_checkpointed(platform, "digits-nightly", stopped))
     assert stopped == [first.job_id] and first.status == "STOPPED", first.logs[-3000:]
     assert first.run is not None and first.run.status != "FINISHED" and first.run.model_uri is None
 
     second = rayline.submit(root / "pipelines" / "digits.yaml", overrides, address=platform.dashboard_url,
-                            working_dir=root, run_name="nightly", command=str(BIN / "rayline"))
+                            working_dir=root, run_name="nightly", command=str(BIN / "rayline"), state_dir=state_dir)
     assert second.succeeded, second.logs[-3000:]
     assert "resumes the training of its earlier attempt" in second.logs
     run = mlflow_client.get_run(second.run.run_id)
