@@ -28,7 +28,7 @@ test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q --durations=15
 
-# Everything but the tests marked slow (fault injection, clusters of their own, job submission): for a quick check.
+# Everything but the tests marked slow (see the marker in pyproject.toml): a quick check, under 10 minutes here.
 test-fast: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q -m "not slow" --durations=15

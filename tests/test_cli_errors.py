@@ -80,19 +80,3 @@ def test_predict_works_with_the_full_input(rows_csv: Path, state_dir: Path, tmp_
                    "--output", str(tmp_path / "out"), state_dir=state_dir)
     assert done.returncode == 0, done.stderr
     assert len(pd.read_parquet(tmp_path / "out")) == 20
-
-
-def test_plain_ray_init_after_down_starts_a_fresh_local_ray(tmp_path: Path, platform: rayline.Platform) -> None:
-    """`rayline down` forgets Ray's pointer to the cluster it stopped, so a notebook's ``ray.init()`` starts
-    a new local Ray instead of timing out on the dead GCS."""
-    assert run_cli("up", "--num-cpus", "1", state_dir=tmp_path).returncode == 0
-    assert run_cli("down", state_dir=tmp_path).returncode == 0
-    probe = ("import ray, json; context = ray.init(num_cpus=1, include_dashboard=False); "
-             "print(json.dumps({'gcs': context.address_info['gcs_address'], "
-             "'cpus': ray.cluster_resources().get('CPU')})); ray.shutdown()")
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=90, env=env)
-    assert done.returncode == 0, done.stderr[-2000:]
-    started = done.stdout.strip().splitlines()[-1]
-    assert '"cpus": 1.0' in started
-    assert platform.ray_address.rsplit(":", 1)[1] not in started  # not the session's cluster either

@@ -9,12 +9,14 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import pytest
 import ray
 from ray.data._internal.stats import get_or_create_stats_actor  # the dashboard's source; pinned to ray 2.60
 
 import rayline
 from conftest import PIPELINES
 
+pytestmark = pytest.mark.slow  # two runs that count Ray Data's executions
 ROWS = 3000
 EPOCHS = 3
 

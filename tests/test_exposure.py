@@ -56,10 +56,16 @@ def test_every_listening_socket_of_the_platform_is_loopback(platform: rayline.Pl
                                                             endpoint: rayline.Endpoint, serve_port: int) -> None:
     state = read_state(state_dir)
     assert state is not None
-    listeners = _listeners(state_dir)
-    ports = {port for _, port, _ in listeners}
-    # What rayline opens itself is among them, so the check below is not vacuous.
-    assert {serve_port, state.dashboard_port, state.mlflow_port, state.ray_port} <= ports, listeners
+    # What rayline opens itself is among them, so the check below is not vacuous. The endpoint's listener can be
+    # between two HAProxy processes for a moment (Serve reloads HAProxy when the routes change), so it is polled.
+    expected = {serve_port, state.dashboard_port, state.mlflow_port, state.ray_port}
+    listeners: list[tuple[str, int, str]] = []
+
+    def all_listening() -> bool:
+        listeners[:] = _listeners(state_dir)
+        return expected <= {port for _, port, _ in listeners}
+
+    wait_until(all_listening, 30, f"listeners on {sorted(expected)}", lambda: str(listeners))
     if state.ingress == "haproxy":  # the endpoint, stats page and Prometheus exporter
         assert sum(name == "haproxy" for _, _, name in listeners) >= 3, listeners
     offenders = [(name, address, port) for address, port, name in listeners if not is_loopback(address)]

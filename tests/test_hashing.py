@@ -119,16 +119,19 @@ def in_training(hashed_run: tuple[str, Path, str], platform: rayline.Platform,
         prepared.release()
 
 
+@pytest.mark.slow
 def test_the_model_learned_the_key(in_training: list[str], requests: pd.DataFrame) -> None:
     assert in_training == list(np.where(requests["k"] < 4, "low", "high"))
 
 
+@pytest.mark.slow
 def test_the_pyfunc_predicts_as_training_did(hashed_run, requests: pd.DataFrame, in_training: list[str]) -> None:
     name, _, _ = hashed_run
     served = mlflow.pyfunc.load_model(f"models:/{name}/1").predict(requests)
     assert list(served["prediction"]) == in_training
 
 
+@pytest.mark.slow
 def test_batch_inference_predicts_as_training_did(hashed_run, platform: rayline.Platform, tmp_path: Path,
                                                   requests: pd.DataFrame, in_training: list[str]) -> None:
     name, _, _ = hashed_run
@@ -153,6 +156,7 @@ def endpoint(hashed_run, platform: rayline.Platform, serve_port: int) -> Iterato
     delete_applications(platform)
 
 
+@pytest.mark.slow
 def test_http_predicts_as_training_did(hashed_run, endpoint: rayline.Endpoint, requests: pd.DataFrame,
                                        in_training: list[str]) -> None:
     name, _, _ = hashed_run
@@ -185,6 +189,7 @@ def _ray_logs() -> dict[str, bytes]:
     return {str(f): f.read_bytes() for f in logs.rglob("*") if f.is_file()}
 
 
+@pytest.mark.slow
 def test_no_raw_value_of_a_hashed_or_dropped_column_is_written_anywhere(
         hashed_run, mlflow_client, state_dir: Path, tmp_path: Path) -> None:
     name, _, output = hashed_run
@@ -200,6 +205,7 @@ def test_no_raw_value_of_a_hashed_or_dropped_column_is_written_anywhere(
             assert value not in content, f"{value!r} is written in {where}"
 
 
+@pytest.mark.slow
 def test_the_key_is_recorded_by_its_fingerprint(hashed_run, mlflow_client) -> None:
     from rayline.packaged.hashing import fingerprint, secret_key
 

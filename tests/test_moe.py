@@ -161,6 +161,7 @@ def _expert_parallel_worker(rank: int, expert: int, data: int, port: int, checkp
 
 
 @pytest.mark.parametrize("expert,data", [(2, 1), (2, 2)], ids=["2 expert ranks", "2x2 expert-data mesh"])
+@pytest.mark.slow
 def test_expert_parallel_computes_what_one_process_does(expert: int, data: int, tmp_path: Path) -> None:
     with mp.Manager() as manager:
         results = manager.dict()

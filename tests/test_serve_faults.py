@@ -130,6 +130,7 @@ def _serve(platform: rayline.Platform, port: int, name: str, model: str, **field
     return rayline.serve(spec, platform=platform)
 
 
+@pytest.mark.slow
 def test_a_model_that_cannot_be_loaded_fails_the_deploy_with_its_reason(
         platform: rayline.Platform, faults: SimpleNamespace, serve_port: int, body: dict) -> None:
     """Serve gives up after a few constructor failures: `rayline.serve` raises in bounded time, naming the version
@@ -152,6 +153,7 @@ def test_a_model_that_cannot_be_loaded_fails_the_deploy_with_its_reason(
     assert answer.status_code == 503 and "failed to deploy" in answer.text and time.monotonic() - started < 5
 
 
+@pytest.mark.slow
 def test_a_hot_swap_to_a_version_that_fails_to_load(platform: rayline.Platform, faults: SimpleNamespace,
                                                      serve_port: int, body: dict, mlflow_client) -> None:
     """The old version keeps answering; /readyz and the metrics say the swap failed, until a good version

@@ -15,6 +15,8 @@ import rayline
 from conftest import SERVE_MODEL, delete_applications
 from rayline.cluster.processes import wait_until
 
+pytestmark = pytest.mark.slow  # autoscaling up and down, and from zero, under load
+
 
 @pytest.fixture(scope="module")
 def port(platform: rayline.Platform, small_model: rayline.PipelineResult, serve_port: int) -> Iterator[int]:
